@@ -1,0 +1,1 @@
+//! The `evolution` backend kind (to be implemented: see PROVIDERS.md).

@@ -1,0 +1,1 @@
+//! The `gateway` backend kind (to be implemented: see PROVIDERS.md).

@@ -1,0 +1,1 @@
+//! Shared HTTP plumbing for provider adapters (to be implemented).

@@ -1,0 +1,1 @@
+//! The `meta_cloud` backend kind (to be implemented: see PROVIDERS.md).

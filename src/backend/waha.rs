@@ -1,0 +1,1 @@
+//! The `waha` backend kind (to be implemented: see PROVIDERS.md).

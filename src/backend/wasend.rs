@@ -1,0 +1,1 @@
+//! The `wasend` backend kind (to be implemented: see PROVIDERS.md).

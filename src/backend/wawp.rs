@@ -1,0 +1,1 @@
+//! The `wawp` backend kind (to be implemented: see PROVIDERS.md).

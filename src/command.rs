@@ -1,0 +1,413 @@
+//! Wire format of commands (CONTRACT §4) and the validated domain types they parse into.
+//! Nothing downstream of [`parse`] sees raw strings from a message.
+
+use std::fmt;
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::backend::ErrorKind;
+
+/// Largest accepted command body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+const MAX_ID_CHARS: usize = 128;
+const MAX_TEXT_CHARS: usize = 500;
+
+/// The idempotency key of a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CommandId(pub Uuid);
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandType {
+    RevokeInvite,
+    RotateExpiringLink,
+}
+
+impl CommandType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RevokeInvite => "revoke_invite",
+            Self::RotateExpiringLink => "rotate_expiring_link",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "revoke_invite" => Some(Self::RevokeInvite),
+            "rotate_expiring_link" => Some(Self::RotateExpiringLink),
+            _ => None,
+        }
+    }
+
+    /// The `trigger` field of events caused by this command type.
+    pub fn trigger(self) -> &'static str {
+        match self {
+            Self::RevokeInvite => "revoke",
+            Self::RotateExpiringLink => "expiry",
+        }
+    }
+
+    pub fn routing_key(self) -> String {
+        format!("command.{}", self.as_str())
+    }
+}
+
+/// Provider session / instance / phone-number id: 1..=128 of `A-Za-z0-9._:@+-`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(String);
+
+impl SessionId {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || "._:@+-".contains(c);
+        if raw.is_empty() || raw.chars().count() > MAX_ID_CHARS {
+            return Err(format!("session_id must be 1..={MAX_ID_CHARS} characters"));
+        }
+        if !raw.chars().all(ok_char) {
+            return Err("session_id may only contain A-Za-z0-9._:@+-".into());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which group-id syntax a backend kind accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupIdStyle {
+    /// WhatsApp-Web style backends: `<digits>[-<digits>]@g.us`.
+    Jid,
+    /// Meta Cloud API: opaque `A-Za-z0-9_-`, 1..=128.
+    Opaque,
+}
+
+/// A group id validated for the style of the backend it is sent to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(String);
+
+impl GroupId {
+    pub fn parse(raw: &str, style: GroupIdStyle) -> Result<Self, String> {
+        match style {
+            GroupIdStyle::Jid => {
+                let Some(local) = raw.strip_suffix("@g.us") else {
+                    return Err("group_id must be a group JID like 120363041234567890@g.us".into());
+                };
+                let mut parts = local.splitn(2, '-');
+                let digits = |s: &str| {
+                    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_digit())
+                };
+                let first_ok = parts.next().is_some_and(digits);
+                let second_ok = parts.next().is_none_or(digits);
+                if first_ok && second_ok {
+                    Ok(Self(raw.to_owned()))
+                } else {
+                    Err("group_id must be a group JID like 120363041234567890@g.us".into())
+                }
+            }
+            GroupIdStyle::Opaque => {
+                let ok = !raw.is_empty()
+                    && raw.len() <= MAX_ID_CHARS
+                    && raw
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if ok {
+                    Ok(Self(raw.to_owned()))
+                } else {
+                    Err(format!(
+                        "group_id must be 1..={MAX_ID_CHARS} characters of A-Za-z0-9_-"
+                    ))
+                }
+            }
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A command ready to execute: every field validated, the backend resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    pub id: CommandId,
+    pub kind: CommandType,
+    pub session: SessionId,
+    pub group: GroupId,
+    pub backend: String,
+    pub reason: Option<String>,
+    pub requested_by: Option<String>,
+}
+
+/// Why a message could not become a [`Command`], with whatever could still be read
+/// from it (for the `invalid_command` failure event).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub kind: ErrorKind,
+    pub reason: String,
+    pub command_id: Option<CommandId>,
+    pub command_type: Option<CommandType>,
+    pub session_id: Option<String>,
+    pub group_id: Option<String>,
+    pub backend: Option<String>,
+    pub reason_field: Option<String>,
+    pub requested_by: Option<String>,
+}
+
+impl Rejection {
+    fn new(reason: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::InvalidCommand,
+            reason: reason.into(),
+            command_id: None,
+            command_type: None,
+            session_id: None,
+            group_id: None,
+            backend: None,
+            reason_field: None,
+            requested_by: None,
+        }
+    }
+
+    /// Whether enough was read to publish a `rotation_failed` event.
+    pub fn is_attributable(&self) -> bool {
+        self.command_id.is_some() && self.session_id.is_some() && self.group_id.is_some()
+    }
+}
+
+/// The JSON body as received. Every field optional so that a missing one becomes a
+/// precise rejection rather than a serde error.
+#[derive(Deserialize, Default)]
+struct WireCommand {
+    command_id: Option<serde_json::Value>,
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
+    session_id: Option<serde_json::Value>,
+    group_id: Option<serde_json::Value>,
+    backend: Option<serde_json::Value>,
+    reason: Option<serde_json::Value>,
+    requested_by: Option<serde_json::Value>,
+}
+
+fn as_text(v: &Option<serde_json::Value>) -> Option<String> {
+    v.as_ref().and_then(|v| v.as_str()).map(str::to_owned)
+}
+
+/// Resolves a backend name to the group-id style of its kind; `None` when no
+/// backend of that name is configured.
+pub trait BackendResolver {
+    fn default_backend(&self) -> &str;
+    fn group_style(&self, backend: &str) -> Option<GroupIdStyle>;
+}
+
+/// Parses a message body into a validated [`Command`] or a typed [`Rejection`].
+pub fn parse(body: &[u8], backends: &dyn BackendResolver) -> Result<Command, Box<Rejection>> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(Box::new(Rejection::new(format!(
+            "body of {} bytes exceeds the {MAX_BODY_BYTES} byte limit",
+            body.len()
+        ))));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| Box::new(Rejection::new(format!("body is not JSON: {e}"))))?;
+    if !value.is_object() {
+        return Err(Box::new(Rejection::new("body is not a JSON object")));
+    }
+    let wire: WireCommand = serde_json::from_value(value).unwrap_or_default();
+
+    let mut rej = Rejection::new("");
+    rej.command_id = as_text(&wire.command_id)
+        .and_then(|s| Uuid::parse_str(&s).ok())
+        .map(CommandId);
+    rej.command_type = as_text(&wire.kind).as_deref().and_then(CommandType::parse);
+    rej.session_id = as_text(&wire.session_id).filter(|s| SessionId::parse(s).is_ok());
+    rej.group_id = as_text(&wire.group_id).filter(|s| s.len() <= MAX_ID_CHARS * 2);
+    rej.backend = as_text(&wire.backend).filter(|s| s.len() <= MAX_ID_CHARS);
+    rej.reason_field = as_text(&wire.reason).filter(|s| s.chars().count() <= MAX_TEXT_CHARS);
+    rej.requested_by = as_text(&wire.requested_by).filter(|s| s.chars().count() <= MAX_TEXT_CHARS);
+    let fail = |mut rej: Rejection, reason: String| {
+        rej.reason = reason;
+        Err(Box::new(rej))
+    };
+
+    let Some(id) = rej.command_id else {
+        return fail(rej, "command_id is missing or not a UUID".into());
+    };
+    let Some(kind) = rej.command_type else {
+        return fail(
+            rej,
+            "type must be revoke_invite or rotate_expiring_link".into(),
+        );
+    };
+    let session = match wire.session_id.as_ref().map(|v| v.as_str()) {
+        Some(Some(s)) => match SessionId::parse(s) {
+            Ok(s) => s,
+            Err(e) => return fail(rej, e),
+        },
+        _ => return fail(rej, "session_id is missing or not a string".into()),
+    };
+    let Some(raw_group) = as_text(&wire.group_id) else {
+        return fail(rej, "group_id is missing or not a string".into());
+    };
+    let backend = match &wire.backend {
+        None | Some(serde_json::Value::Null) => backends.default_backend().to_owned(),
+        Some(serde_json::Value::String(b)) => b.clone(),
+        Some(_) => return fail(rej, "backend must be a string".into()),
+    };
+    for (name, v) in [
+        ("reason", &wire.reason),
+        ("requested_by", &wire.requested_by),
+    ] {
+        match v {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(s)) if s.chars().count() <= MAX_TEXT_CHARS => {}
+            Some(serde_json::Value::String(_)) => {
+                return fail(rej, format!("{name} exceeds {MAX_TEXT_CHARS} characters"));
+            }
+            Some(_) => return fail(rej, format!("{name} must be a string")),
+        }
+    }
+    let Some(style) = backends.group_style(&backend) else {
+        rej.kind = ErrorKind::UnknownBackend;
+        rej.backend = Some(backend.clone()).filter(|b| b.len() <= MAX_ID_CHARS);
+        return fail(rej, format!("backend {backend:?} is not configured"));
+    };
+    let group = match GroupId::parse(&raw_group, style) {
+        Ok(g) => g,
+        Err(e) => return fail(rej, e),
+    };
+    Ok(Command {
+        id,
+        kind,
+        session,
+        group,
+        backend,
+        reason: as_text(&wire.reason),
+        requested_by: as_text(&wire.requested_by),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct OneBackend;
+    impl BackendResolver for OneBackend {
+        fn default_backend(&self) -> &str {
+            "sim"
+        }
+        fn group_style(&self, backend: &str) -> Option<GroupIdStyle> {
+            match backend {
+                "sim" => Some(GroupIdStyle::Jid),
+                "meta" => Some(GroupIdStyle::Opaque),
+                _ => None,
+            }
+        }
+    }
+
+    fn body(v: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn valid() -> serde_json::Value {
+        serde_json::json!({
+            "command_id": "0b6f4f8e-6d8a-4a56-9d7c-2f0c1c7f9a10",
+            "type": "revoke_invite",
+            "session_id": "sales-team",
+            "group_id": "120363041234567890@g.us",
+            "reason": "leaked",
+            "extra": 1
+        })
+    }
+
+    #[test]
+    fn valid_command_parses_with_default_backend() {
+        let cmd = parse(&body(valid()), &OneBackend).unwrap();
+        assert_eq!(cmd.backend, "sim");
+        assert_eq!(cmd.kind, CommandType::RevokeInvite);
+        assert_eq!(cmd.group.as_str(), "120363041234567890@g.us");
+        assert_eq!(cmd.reason.as_deref(), Some("leaked"));
+    }
+
+    #[test]
+    fn bad_group_is_rejected_but_attributable() {
+        let mut v = valid();
+        v["group_id"] = "../../etc".into();
+        let rej = parse(&body(v), &OneBackend).unwrap_err();
+        assert_eq!(rej.kind, ErrorKind::InvalidCommand);
+        assert!(rej.is_attributable());
+        assert!(rej.reason.contains("group_id"));
+    }
+
+    #[test]
+    fn unknown_backend_is_its_own_kind() {
+        let mut v = valid();
+        v["backend"] = "nope".into();
+        assert_eq!(
+            parse(&body(v), &OneBackend).unwrap_err().kind,
+            ErrorKind::UnknownBackend
+        );
+    }
+
+    #[test]
+    fn meta_backend_takes_opaque_group_ids() {
+        let mut v = valid();
+        v["backend"] = "meta".into();
+        v["group_id"] = "Abc_123-x".into();
+        assert!(parse(&body(v), &OneBackend).is_ok());
+    }
+
+    #[test]
+    fn garbage_and_non_objects_are_rejected() {
+        for raw in [&b"\xff\xfe"[..], b"[1,2]", b"\"x\"", b"null", b""] {
+            let rej = parse(raw, &OneBackend).unwrap_err();
+            assert!(!rej.is_attributable(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn oversized_body_is_rejected() {
+        let big = vec![b' '; MAX_BODY_BYTES + 1];
+        assert!(
+            parse(&big, &OneBackend)
+                .unwrap_err()
+                .reason
+                .contains("exceeds")
+        );
+    }
+
+    #[test]
+    fn session_charset_is_enforced() {
+        assert!(SessionId::parse("a/b").is_err());
+        assert!(SessionId::parse("a?b").is_err());
+        assert!(SessionId::parse("").is_err());
+        assert!(SessionId::parse(&"a".repeat(129)).is_err());
+        assert!(SessionId::parse("team-1_x:y@z+w.").is_ok());
+    }
+
+    #[test]
+    fn jid_with_suffix_part_is_accepted() {
+        assert!(GroupId::parse("1234-5678@g.us", GroupIdStyle::Jid).is_ok());
+        assert!(GroupId::parse("1234-@g.us", GroupIdStyle::Jid).is_err());
+        assert!(GroupId::parse("12%34@g.us", GroupIdStyle::Jid).is_err());
+    }
+}

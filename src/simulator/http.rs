@@ -1,0 +1,1 @@
+//! The simulator's HTTP server (to be implemented).
