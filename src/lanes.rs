@@ -1,0 +1,139 @@
+//! Per-group mutual exclusion: an in-process keyed lane (commands of one group queue
+//! in arrival order) plus a database lease so that two processes never run commands
+//! of the same group at once. Leases expire, so a crashed process blocks nobody long.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{sync::OwnedMutexGuard, task::JoinHandle};
+
+use crate::store::Store;
+
+#[derive(Clone, Default)]
+pub struct Lanes {
+    map: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// Holds a lane until dropped; removes the lane's entry when nobody else waits on it.
+pub struct LaneGuard {
+    map: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    key: String,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Lanes {
+    pub async fn acquire(&self, key: &str) -> LaneGuard {
+        let lane = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.to_owned()).or_default().clone()
+        };
+        let guard = lane.lock_owned().await;
+        LaneGuard {
+            map: self.map.clone(),
+            key: key.to_owned(),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for LaneGuard {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// A database lease on one group, renewed in the background until dropped.
+pub struct Lease {
+    store: Store,
+    lane: String,
+    owner: String,
+    renewer: JoinHandle<()>,
+}
+
+impl Lease {
+    /// Tries to take the lease, waiting up to `patience` while another process holds it.
+    /// `Ok(None)` when it is still held elsewhere after that.
+    pub async fn acquire(
+        store: &Store,
+        lane: &str,
+        owner: &str,
+        ttl: Duration,
+        patience: Duration,
+    ) -> Result<Option<Lease>, sea_orm::DbErr> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut wait = Duration::from_millis(10);
+        loop {
+            if store.try_lease(lane, owner, ttl).await? {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(200));
+        }
+        let renewer = {
+            let (store, lane, owner) = (store.clone(), lane.to_owned(), owner.to_owned());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    if let Err(e) = store.try_lease(&lane, &owner, ttl).await {
+                        tracing::warn!(error = %e, "could not renew group lease");
+                    }
+                }
+            })
+        };
+        Ok(Some(Lease {
+            store: store.clone(),
+            lane: lane.to_owned(),
+            owner: owner.to_owned(),
+            renewer,
+        }))
+    }
+
+    /// Releases the lease now (dropping without release lets it expire instead).
+    pub async fn release(self) {
+        self.renewer.abort();
+        if let Err(e) = self.store.release_lease(&self.lane, &self.owner).await {
+            tracing::warn!(error = %e, "could not release group lease; it will expire");
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lane_serialises_same_key_and_cleans_up() {
+        let lanes = Lanes::default();
+        let a = lanes.acquire("k").await;
+        let lanes2 = lanes.clone();
+        let waiter = tokio::spawn(async move {
+            let _b = lanes2.acquire("k").await;
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let _other = lanes.acquire("other").await;
+        drop(a);
+        waiter.await.unwrap();
+        drop(_other);
+        assert!(lanes.map.lock().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,142 @@
+//! The outbox relay: publishes committed outbox rows with publisher confirms, in
+//! batches, and marks them sent. Woken after each commit; sweeps every second for
+//! rows left by a crash or another replica.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{amqp::Publisher, events::OutboxMessage, metrics as m, store::Store};
+
+const BATCH: u64 = 500;
+const CLAIM_FOR: Duration = Duration::from_secs(30);
+const SWEEP: Duration = Duration::from_secs(1);
+
+pub struct Relay {
+    pub store: Store,
+    pub publisher: Arc<Publisher>,
+    pub wakeup: Arc<Notify>,
+}
+
+fn to_message(row: &entity::outbox::Model) -> OutboxMessage {
+    let headers = row
+        .headers
+        .as_deref()
+        .and_then(|h| serde_json::from_str::<std::collections::BTreeMap<String, String>>(h).ok())
+        .map(|h| h.into_iter().collect())
+        .unwrap_or_default();
+    OutboxMessage {
+        exchange: row.exchange.clone(),
+        routing_key: row.routing_key.clone(),
+        message_id: row.message_id.clone(),
+        message_type: row.message_type.clone(),
+        correlation_id: row.correlation_id.clone(),
+        headers,
+        payload: row.payload.clone(),
+    }
+}
+
+impl Relay {
+    /// Publishes one batch; returns how many rows were claimed.
+    pub async fn relay_once(&self) -> Result<usize, String> {
+        let rows = self
+            .store
+            .claim_outbox(BATCH, CLAIM_FOR)
+            .await
+            .map_err(|e| e.to_string())?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let msgs: Vec<OutboxMessage> = rows.iter().map(to_message).collect();
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        match self.publisher.publish_batch(&msgs).await {
+            Ok(acks) => {
+                let (sent, failed): (Vec<_>, Vec<_>) =
+                    ids.iter().zip(acks).partition(|(_, ok)| *ok);
+                let sent: Vec<i64> = sent.into_iter().map(|(id, _)| *id).collect();
+                let failed: Vec<i64> = failed.into_iter().map(|(id, _)| *id).collect();
+                self.store
+                    .mark_sent(&sent)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                m::events_published(sent.len());
+                if !failed.is_empty() {
+                    warn!(
+                        count = failed.len(),
+                        "broker nacked outbox messages; they will be retried"
+                    );
+                    let _ = self.store.unclaim(&failed).await;
+                }
+                Ok(rows.len())
+            }
+            Err(e) => {
+                let _ = self.store.unclaim(&ids).await;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Publishes until nothing is pending (bounded by `deadline`).
+    pub async fn drain(&self, deadline: Duration) {
+        let end = tokio::time::Instant::now() + deadline;
+        while tokio::time::Instant::now() < end {
+            match self.relay_once().await {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "outbox drain failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    async fn report_pending(&self) {
+        if let Ok((count, oldest)) = self.store.outbox_pending().await {
+            let age = oldest
+                .map(|t| (Utc::now() - t).to_std().unwrap_or_default())
+                .unwrap_or_default();
+            m::outbox(count, age);
+        }
+    }
+
+    pub async fn run(self, stop: CancellationToken) {
+        let mut failures = 0u32;
+        let mut last_report = tokio::time::Instant::now();
+        loop {
+            let outcome = self.relay_once().await;
+            let more = match outcome {
+                Ok(n) => {
+                    failures = 0;
+                    n as u64 == BATCH
+                }
+                Err(e) => {
+                    failures += 1;
+                    warn!(error = %e, "outbox relay failed; will retry");
+                    false
+                }
+            };
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                self.report_pending().await;
+                last_report = tokio::time::Instant::now();
+            }
+            if more {
+                continue;
+            }
+            let pause = if failures > 0 {
+                Duration::from_millis(200 * u64::from(failures.min(25)))
+            } else {
+                SWEEP
+            };
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.wakeup.notified(), if failures == 0 => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        debug!("outbox relay stopped");
+    }
+}

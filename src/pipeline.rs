@@ -1,0 +1,542 @@
+//! One command's path: decode → inbox → lane and lease → execute against the backend
+//! (rate-limited, retried) → one transaction for outcome, link, history and outbox.
+//! The caller acks only after this returns a disposition.
+
+use std::{collections::HashMap, num::NonZeroU32, sync::Arc, time::Duration};
+
+use chrono::Utc;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::{
+    amqp::Topology,
+    backend::{BackendError, ErrorKind, Link, SharedBackend},
+    command::{self, BackendResolver, Command, CommandType, GroupIdStyle, Rejection},
+    config::{BackendSettings, Settings},
+    events::{self, ExpirySource, OutboxMessage, Subject},
+    lanes::{Lanes, Lease},
+    metrics as m,
+    retry::{RetryPolicy, infra_backoff},
+    store::{self, Completion, GroupKey, Outcome, Store},
+};
+
+/// A configured backend and the rate limiter of its sessions.
+pub struct BackendEntry {
+    pub backend: SharedBackend,
+    pub limiter: DefaultKeyedRateLimiter<String>,
+}
+
+impl BackendEntry {
+    pub fn new(backend: SharedBackend, settings: &BackendSettings) -> Self {
+        let rate = settings.rate_limit();
+        let per_request = rate.period / rate.count;
+        let quota = Quota::with_period(per_request.max(Duration::from_micros(1)))
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::MIN);
+        Self {
+            backend,
+            limiter: RateLimiter::keyed(quota),
+        }
+    }
+}
+
+impl BackendEntry {
+    /// Runs one backend request once the session's rate limit allows it, with metrics.
+    async fn call(
+        &self,
+        cmd: &Command,
+        op: &'static str,
+        request: impl Future<Output = Result<Link, BackendError>>,
+    ) -> Result<Link, BackendError> {
+        let session = cmd.session.as_str().to_owned();
+        if self.limiter.check_key(&session).is_err() {
+            m::rate_limit_wait();
+            self.limiter.until_key_ready(&session).await;
+        }
+        let started = std::time::Instant::now();
+        let result = request.await;
+        m::backend_duration(&cmd.backend, op, started.elapsed());
+        m::backend_request(&cmd.backend, op, &result);
+        result
+    }
+}
+
+/// What the consumer does with the delivery after [`process`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// The outcome is committed (or the message was a duplicate): ack.
+    Ack,
+    /// Publish a copy to the retry queue of this delay, then ack.
+    Park(Duration),
+}
+
+/// The worker was asked to stop before the command could be settled; do not ack.
+#[derive(Debug)]
+pub struct Interrupted;
+
+/// Everything commands need, shared by all in-flight commands of a process.
+pub struct Pipeline {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub topology: Topology,
+    pub backends: HashMap<String, BackendEntry>,
+    pub lanes: Lanes,
+    pub retry: RetryPolicy,
+    pub instance_id: String,
+    pub relay_wakeup: Arc<tokio::sync::Notify>,
+    /// Cancelled when in-flight work must give up (after the shutdown grace).
+    pub abort: CancellationToken,
+}
+
+impl BackendResolver for Pipeline {
+    fn default_backend(&self) -> &str {
+        &self.settings.default_backend
+    }
+
+    fn group_style(&self, backend: &str) -> Option<GroupIdStyle> {
+        self.backends
+            .get(backend)
+            .map(|b| b.backend.kind().group_style())
+    }
+}
+
+fn subject(cmd: &Command) -> Subject {
+    Subject {
+        command_id: Some(cmd.id.to_string()),
+        command_type: Some(cmd.kind.as_str().to_owned()),
+        trigger: Some(cmd.kind.trigger().to_owned()),
+        backend: Some(cmd.backend.clone()),
+        session_id: Some(cmd.session.as_str().to_owned()),
+        group_id: Some(cmd.group.as_str().to_owned()),
+        reason: cmd.reason.clone(),
+        requested_by: cmd.requested_by.clone(),
+    }
+}
+
+impl Pipeline {
+    /// Retries a database operation with backoff until it succeeds or the worker aborts.
+    async fn persist<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, Interrupted>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, sea_orm::DbErr>>,
+    {
+        let mut backoff = infra_backoff();
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    m::db_error();
+                    let wait = backoff.next().unwrap_or(Duration::from_secs(5));
+                    warn!(error = %e, ?wait, "database error while {what}; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.abort.cancelled() => return Err(Interrupted),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Settles one message body.
+    pub async fn process(&self, body: &[u8]) -> Result<Disposition, Interrupted> {
+        match command::parse(body, self) {
+            Err(rejection) => self.reject(&rejection, body).await,
+            Ok(cmd) => {
+                let span = info_span!(
+                    "command",
+                    command_id = %cmd.id,
+                    r#type = cmd.kind.as_str(),
+                    backend = %cmd.backend,
+                    session = %cmd.session,
+                    group = %cmd.group,
+                    attempt = tracing::field::Empty,
+                );
+                let started = std::time::Instant::now();
+                let result = self.run(&cmd, body).instrument(span).await;
+                m::command_duration(cmd.kind, started.elapsed());
+                result
+            }
+        }
+    }
+
+    async fn reject(&self, rej: &Rejection, body: &[u8]) -> Result<Disposition, Interrupted> {
+        warn!(reason = %rej.reason, command_id = ?rej.command_id.map(|c| c.to_string()), "rejecting command");
+        let command_id = rej.command_id.map(|c| c.to_string());
+        let mut messages = vec![events::dead_letter(
+            &self.topology.dead_queue(),
+            body,
+            &format!("{}: {}", rej.kind, rej.reason),
+            command_id.clone(),
+        )];
+        let mut inbox = None;
+        if rej.is_attributable() {
+            let t = Utc::now();
+            let subject = Subject {
+                command_id: command_id.clone(),
+                command_type: rej.command_type.map(|c| c.as_str().to_owned()),
+                trigger: rej.command_type.map(|c| c.trigger().to_owned()),
+                backend: rej.backend.clone(),
+                session_id: rej.session_id.clone(),
+                group_id: rej.group_id.clone(),
+                reason: rej.reason_field.clone(),
+                requested_by: rej.requested_by.clone(),
+            };
+            let err = BackendError::new(rej.kind, rej.reason.clone());
+            let event =
+                events::rotation_failed(&self.topology.events_exchange(), &subject, 0, &err, t);
+            inbox = Some(entity::command::ActiveModel {
+                command_id: sea_orm::Set(command_id.clone().unwrap_or_default()),
+                command_type: sea_orm::Set(
+                    rej.command_type
+                        .map_or("unknown", |c| c.as_str())
+                        .to_owned(),
+                ),
+                backend: sea_orm::Set(rej.backend.clone().unwrap_or_default()),
+                session_id: sea_orm::Set(rej.session_id.clone().unwrap_or_default()),
+                group_id: sea_orm::Set(rej.group_id.clone().unwrap_or_default()),
+                reason: sea_orm::Set(rej.reason_field.clone()),
+                requested_by: sea_orm::Set(rej.requested_by.clone()),
+                status: sea_orm::Set(store::STATUS_DONE.into()),
+                outcome: sea_orm::Set(Some("failed".into())),
+                attempts: sea_orm::Set(0),
+                cycle: sea_orm::Set(1),
+                before_code: sea_orm::Set(None),
+                new_code: sea_orm::Set(None),
+                error_kind: sea_orm::Set(Some(rej.kind.as_str().into())),
+                error_message: sea_orm::Set(Some(rej.reason.clone())),
+                http_status: sea_orm::Set(None),
+                event_id: sea_orm::Set(event.message_id.clone()),
+                received_at: sea_orm::Set(t),
+                updated_at: sea_orm::Set(t),
+                finished_at: sea_orm::Set(Some(t)),
+            });
+            messages.push(event);
+        }
+        let fresh = self
+            .persist("recording a rejected command", || {
+                self.store.record_rejection(inbox.clone(), &messages)
+            })
+            .await?;
+        if fresh {
+            m::dead_lettered(rej.kind);
+            m::command_outcome(rej.command_type, "failed");
+            self.relay_wakeup.notify_one();
+        }
+        Ok(Disposition::Ack)
+    }
+
+    async fn run(&self, cmd: &Command, body: &[u8]) -> Result<Disposition, Interrupted> {
+        let id = cmd.id.to_string();
+        let row = self
+            .persist("recording the command", || self.store.inbox_begin(cmd))
+            .await?;
+        if row.status == store::STATUS_DONE {
+            debug!("command already completed; acknowledging duplicate");
+            m::duplicate();
+            return Ok(Disposition::Ack);
+        }
+        let key = GroupKey::of(cmd);
+        let lane = key.lane();
+        let _lane = self.lanes.acquire(&lane).await;
+        let ttl = self.settings.worker.group_lease;
+        let lease = self
+            .persist("taking the group lease", || {
+                Lease::acquire(
+                    &self.store,
+                    &lane,
+                    &self.instance_id,
+                    ttl,
+                    Duration::from_secs(5),
+                )
+            })
+            .await?;
+        let Some(lease) = lease else {
+            debug!("group is busy in another process; parking the command");
+            return Ok(Disposition::Park(Duration::from_secs(1)));
+        };
+        let result = self.run_leased(cmd, body, &id).await;
+        lease.release().await;
+        result
+    }
+
+    async fn run_leased(
+        &self,
+        cmd: &Command,
+        body: &[u8],
+        id: &str,
+    ) -> Result<Disposition, Interrupted> {
+        // Re-read under the lease: another process may have finished it meanwhile.
+        let row = match self
+            .persist("reading the command", || self.store.inbox_get(id))
+            .await?
+        {
+            Some(row) => row,
+            None => {
+                self.persist("recording the command", || self.store.inbox_begin(cmd))
+                    .await?
+            }
+        };
+        if row.status == store::STATUS_DONE {
+            m::duplicate();
+            return Ok(Disposition::Ack);
+        }
+        let started_at = row.received_at;
+        let key = GroupKey::of(cmd);
+        let stored = self
+            .persist("reading the link", || self.store.link_get(&key))
+            .await?;
+        let stored_code = stored.as_ref().and_then(|l| l.invite_code.clone());
+        let now = Utc::now();
+
+        if cmd.kind == CommandType::RotateExpiringLink && row.status == store::STATUS_RECEIVED {
+            let lead = chrono::Duration::from_std(self.settings.rotation.lead).unwrap_or_default();
+            let fresh = stored.as_ref().is_some_and(|l| {
+                l.invite_code.is_some() && l.expires_at.is_some_and(|e| e > now + lead)
+            });
+            if fresh {
+                info!("link is not due for rotation; skipping");
+                return self
+                    .finish(cmd, body, 0, Outcome::Skipped, None, started_at)
+                    .await;
+            }
+        }
+
+        let entry = match self.backends.get(&cmd.backend) {
+            Some(e) => e,
+            None => {
+                let err = BackendError::new(ErrorKind::UnknownBackend, "backend is not configured");
+                return self
+                    .finish(
+                        cmd,
+                        body,
+                        row.attempts,
+                        Outcome::Failed(err),
+                        None,
+                        started_at,
+                    )
+                    .await;
+            }
+        };
+        let interrupted = row.status == store::STATUS_EXECUTING;
+        let mut before = if interrupted {
+            row.before_code.clone().or(stored_code.clone())
+        } else {
+            stored_code.clone()
+        };
+        let mut external = None;
+
+        if entry.backend.can_read() {
+            let read = entry
+                .call(
+                    cmd,
+                    "read",
+                    entry.backend.current_link(&cmd.session, &cmd.group),
+                )
+                .await;
+            match read {
+                Ok(current) => {
+                    let code = current.code.as_str().to_owned();
+                    if interrupted
+                        && row.before_code.is_some()
+                        && row.before_code.as_deref() != Some(&code)
+                    {
+                        info!(
+                            attempts = row.attempts,
+                            "an earlier reset went through; recording it without resetting again"
+                        );
+                        let outcome = self.rotated(current, row.before_code.clone(), now);
+                        return self
+                            .finish(cmd, body, row.attempts, outcome, None, started_at)
+                            .await;
+                    }
+                    if !interrupted && stored_code.as_deref().is_some_and(|s| s != code) {
+                        info!("the link was changed outside the worker");
+                        external = Some((stored_code.clone(), code.clone()));
+                    }
+                    before = Some(code);
+                }
+                Err(e) if !e.is_transient() => {
+                    return self
+                        .finish(
+                            cmd,
+                            body,
+                            row.attempts,
+                            Outcome::Failed(e),
+                            None,
+                            started_at,
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not read the current link; using the stored one")
+                }
+            }
+        }
+
+        let mut attempts = row.attempts.max(0) as u32;
+        let mut last_error = None;
+        loop {
+            if attempts >= self.retry.max_attempts {
+                let err = last_error.unwrap_or_else(|| {
+                    BackendError::new(
+                        row.error_kind
+                            .as_deref()
+                            .and_then(ErrorKind::parse)
+                            .unwrap_or(ErrorKind::BackendUnavailable),
+                        "retry budget exhausted",
+                    )
+                });
+                return self
+                    .finish(
+                        cmd,
+                        body,
+                        attempts as i32,
+                        Outcome::Failed(err),
+                        external,
+                        started_at,
+                    )
+                    .await;
+            }
+            attempts += 1;
+            tracing::Span::current().record("attempt", attempts);
+            self.persist("recording the attempt", || {
+                self.store
+                    .mark_executing(id, before.as_deref(), attempts as i32)
+            })
+            .await?;
+            let reset = entry
+                .call(
+                    cmd,
+                    "reset",
+                    entry.backend.reset_link(&cmd.session, &cmd.group),
+                )
+                .await;
+            match reset {
+                Ok(link) => {
+                    info!(code = %link.code.fingerprint(), attempts, "link rotated");
+                    let outcome = self.rotated(link, before.clone(), Utc::now());
+                    return self
+                        .finish(cmd, body, attempts as i32, outcome, external, started_at)
+                        .await;
+                }
+                Err(e) if !e.is_transient() || attempts >= self.retry.max_attempts => {
+                    warn!(error = %e, attempts, "command failed");
+                    return self
+                        .finish(
+                            cmd,
+                            body,
+                            attempts as i32,
+                            Outcome::Failed(e),
+                            external,
+                            started_at,
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    let delay = self.retry.delay(attempts, e.retry_after);
+                    m::retry_scheduled();
+                    if delay <= self.retry.max_inline_wait {
+                        debug!(error = %e, ?delay, "transient failure; retrying in place");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = self.abort.cancelled() => return Err(Interrupted),
+                        }
+                        last_error = Some(e);
+                        continue;
+                    }
+                    info!(error = %e, ?delay, attempts, "transient failure; parking the command");
+                    self.persist("recording the transient error", || {
+                        self.store.record_transient_error(id, &e)
+                    })
+                    .await?;
+                    return Ok(Disposition::Park(delay));
+                }
+            }
+        }
+    }
+
+    fn rotated(
+        &self,
+        link: Link,
+        previous_code: Option<String>,
+        now: chrono::DateTime<Utc>,
+    ) -> Outcome {
+        let (expires_at, source) = match link.expires_at {
+            Some(e) => (e, ExpirySource::Backend),
+            None => {
+                let ttl = chrono::Duration::from_std(self.settings.rotation.link_ttl)
+                    .unwrap_or(chrono::Duration::days(7));
+                (now + ttl, ExpirySource::Policy)
+            }
+        };
+        Outcome::Rotated {
+            link,
+            previous_code,
+            expires_at,
+            source,
+        }
+    }
+
+    async fn finish(
+        &self,
+        cmd: &Command,
+        body: &[u8],
+        attempts: i32,
+        outcome: Outcome,
+        external_change: Option<(Option<String>, String)>,
+        started_at: chrono::DateTime<Utc>,
+    ) -> Result<Disposition, Interrupted> {
+        let now = Utc::now();
+        let exchange = self.topology.events_exchange();
+        let subject = subject(cmd);
+        let messages: Vec<OutboxMessage> = match &outcome {
+            Outcome::Rotated {
+                link,
+                previous_code,
+                expires_at,
+                source,
+            } => vec![events::rotated(
+                &exchange,
+                &subject,
+                attempts,
+                link,
+                previous_code.as_deref(),
+                *expires_at,
+                *source,
+                now,
+            )],
+            Outcome::Skipped => Vec::new(),
+            Outcome::Failed(e) => vec![
+                events::rotation_failed(&exchange, &subject, attempts, e, now),
+                events::dead_letter(
+                    &self.topology.dead_queue(),
+                    body,
+                    &format!("{}: {}", e.kind, e.message),
+                    Some(cmd.id.to_string()),
+                ),
+            ],
+        };
+        if let Outcome::Failed(e) = &outcome {
+            m::dead_lettered(e.kind);
+        }
+        let label = outcome.as_str();
+        let completion = Completion {
+            cmd,
+            attempts,
+            outcome,
+            external_change,
+            messages,
+            started_at,
+        };
+        self.persist("committing the outcome", || {
+            self.store.complete(&completion)
+        })
+        .await?;
+        m::command_outcome(Some(cmd.kind), label);
+        if !completion.messages.is_empty() {
+            self.relay_wakeup.notify_one();
+        }
+        Ok(Disposition::Ack)
+    }
+}

@@ -1,0 +1,651 @@
+//! Persistence over the `entity` tables: the command inbox, tracked links, history,
+//! the outbox and group leases. Each outcome commits in one transaction.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use entity::{command, group_lease, history, link, outbox};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    sea_query::{Expr, ExprTrait},
+};
+
+use crate::{
+    backend::{BackendError, Link},
+    command::Command,
+    events::{ExpirySource, OutboxMessage},
+};
+
+pub const STATUS_RECEIVED: &str = "received";
+pub const STATUS_EXECUTING: &str = "executing";
+pub const STATUS_DONE: &str = "done";
+
+/// The identity of a group on a backend; also the lane key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub backend: String,
+    pub session_id: String,
+    pub group_id: String,
+}
+
+impl GroupKey {
+    pub fn of(cmd: &Command) -> Self {
+        Self {
+            backend: cmd.backend.clone(),
+            session_id: cmd.session.as_str().to_owned(),
+            group_id: cmd.group.as_str().to_owned(),
+        }
+    }
+
+    pub fn lane(&self) -> String {
+        format!("{}|{}|{}", self.backend, self.session_id, self.group_id)
+    }
+}
+
+/// How a command ended.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Rotated {
+        link: Link,
+        previous_code: Option<String>,
+        expires_at: DateTime<Utc>,
+        source: ExpirySource,
+    },
+    Skipped,
+    Failed(BackendError),
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Rotated { .. } => "rotated",
+            Self::Skipped => "skipped",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Everything one command's final transaction writes.
+pub struct Completion<'a> {
+    pub cmd: &'a Command,
+    pub attempts: i32,
+    pub outcome: Outcome,
+    /// A code read from the backend that differed from the stored one: (stored, read).
+    pub external_change: Option<(Option<String>, String)>,
+    pub messages: Vec<OutboxMessage>,
+    pub started_at: DateTime<Utc>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+impl Store {
+    /// Connects (creating a SQLite file if needed) without migrating.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbErr> {
+        let mut opts = ConnectOptions::new(url.to_owned());
+        let is_sqlite = url.starts_with("sqlite:");
+        opts.max_connections(if is_sqlite {
+            std::cmp::min(max_connections, 4)
+        } else {
+            max_connections
+        })
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+        let db = Database::connect(opts).await?;
+        if is_sqlite {
+            db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+        }
+        Ok(Self { db })
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        Migrator::up(&self.db, None).await
+    }
+
+    pub async fn ping(&self) -> bool {
+        self.db.ping().await.is_ok()
+    }
+
+    pub async fn close(self) {
+        let _ = self.db.close().await;
+    }
+
+    // ---- inbox ----
+
+    /// Records the command as received unless its row exists; returns the row.
+    pub async fn inbox_begin(&self, cmd: &Command) -> Result<command::Model, DbErr> {
+        let t = now();
+        let row = command::ActiveModel {
+            command_id: Set(cmd.id.to_string()),
+            command_type: Set(cmd.kind.as_str().to_owned()),
+            backend: Set(cmd.backend.clone()),
+            session_id: Set(cmd.session.as_str().to_owned()),
+            group_id: Set(cmd.group.as_str().to_owned()),
+            reason: Set(cmd.reason.clone()),
+            requested_by: Set(cmd.requested_by.clone()),
+            status: Set(STATUS_RECEIVED.to_owned()),
+            outcome: Set(None),
+            attempts: Set(0),
+            cycle: Set(1),
+            before_code: Set(None),
+            new_code: Set(None),
+            error_kind: Set(None),
+            error_message: Set(None),
+            http_status: Set(None),
+            event_id: Set(None),
+            received_at: Set(t),
+            updated_at: Set(t),
+            finished_at: Set(None),
+        };
+        command::Entity::insert(row)
+            .on_conflict_do_nothing()
+            .exec_without_returning(&self.db)
+            .await?;
+        self.inbox_get(&cmd.id.to_string())
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound(format!("command {}", cmd.id)))
+    }
+
+    pub async fn inbox_get(&self, command_id: &str) -> Result<Option<command::Model>, DbErr> {
+        command::Entity::find_by_id(command_id.to_owned())
+            .one(&self.db)
+            .await
+    }
+
+    /// Persists, before a reset call, the code being replaced and the attempt number.
+    pub async fn mark_executing(
+        &self,
+        command_id: &str,
+        before_code: Option<&str>,
+        attempts: i32,
+    ) -> Result<(), DbErr> {
+        command::Entity::update_many()
+            .col_expr(command::Column::Status, Expr::value(STATUS_EXECUTING))
+            .col_expr(
+                command::Column::BeforeCode,
+                Expr::value(before_code.map(str::to_owned)),
+            )
+            .col_expr(command::Column::Attempts, Expr::value(attempts))
+            .col_expr(command::Column::UpdatedAt, Expr::value(now()))
+            .filter(command::Column::CommandId.eq(command_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Keeps the last transient error of a parked command, for when it comes back.
+    pub async fn record_transient_error(
+        &self,
+        command_id: &str,
+        e: &BackendError,
+    ) -> Result<(), DbErr> {
+        command::Entity::update_many()
+            .col_expr(command::Column::ErrorKind, Expr::value(e.kind.as_str()))
+            .col_expr(
+                command::Column::ErrorMessage,
+                Expr::value(e.message.clone()),
+            )
+            .col_expr(
+                command::Column::HttpStatus,
+                Expr::value(e.http_status.map(i32::from)),
+            )
+            .col_expr(command::Column::UpdatedAt, Expr::value(now()))
+            .filter(command::Column::CommandId.eq(command_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Starts a new attempt cycle for a failed command (operator replay).
+    pub async fn reopen_failed(&self, command_id: &str) -> Result<bool, DbErr> {
+        let res = command::Entity::update_many()
+            .col_expr(command::Column::Status, Expr::value(STATUS_RECEIVED))
+            .col_expr(
+                command::Column::Outcome,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(command::Column::Attempts, Expr::value(0))
+            .col_expr(
+                command::Column::Cycle,
+                Expr::col(command::Column::Cycle).add(1),
+            )
+            .col_expr(
+                command::Column::EventId,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(command::Column::UpdatedAt, Expr::value(now()))
+            .filter(command::Column::CommandId.eq(command_id))
+            .filter(command::Column::Outcome.eq("failed"))
+            .exec(&self.db)
+            .await?;
+        Ok(res.rows_affected > 0)
+    }
+
+    pub async fn link_get(&self, key: &GroupKey) -> Result<Option<link::Model>, DbErr> {
+        link::Entity::find()
+            .filter(link::Column::Backend.eq(&key.backend))
+            .filter(link::Column::SessionId.eq(&key.session_id))
+            .filter(link::Column::GroupId.eq(&key.group_id))
+            .one(&self.db)
+            .await
+    }
+
+    /// Commits a command's outcome, link state, history and outbox rows atomically.
+    pub async fn complete(&self, c: &Completion<'_>) -> Result<(), DbErr> {
+        let t = now();
+        let cmd = c.cmd;
+        let key = GroupKey::of(cmd);
+        let id = cmd.id.to_string();
+        let event_id = c
+            .messages
+            .iter()
+            .find(|m| !m.exchange.is_empty())
+            .and_then(|m| m.message_id.clone());
+        let (new_code, err) = match &c.outcome {
+            Outcome::Rotated { link, .. } => (Some(link.code.as_str().to_owned()), None),
+            Outcome::Failed(e) => (None, Some(e.clone())),
+            Outcome::Skipped => (None, None),
+        };
+        let txn = self.db.begin().await?;
+        // The first statement writes, so SQLite takes its write lock up front.
+        command::Entity::update_many()
+            .col_expr(command::Column::Status, Expr::value(STATUS_DONE))
+            .col_expr(command::Column::Outcome, Expr::value(c.outcome.as_str()))
+            .col_expr(command::Column::Attempts, Expr::value(c.attempts))
+            .col_expr(command::Column::NewCode, Expr::value(new_code.clone()))
+            .col_expr(
+                command::Column::ErrorKind,
+                Expr::value(err.as_ref().map(|e| e.kind.as_str())),
+            )
+            .col_expr(
+                command::Column::ErrorMessage,
+                Expr::value(err.as_ref().map(|e| e.message.clone())),
+            )
+            .col_expr(
+                command::Column::HttpStatus,
+                Expr::value(err.as_ref().and_then(|e| e.http_status).map(i32::from)),
+            )
+            .col_expr(command::Column::EventId, Expr::value(event_id))
+            .col_expr(command::Column::UpdatedAt, Expr::value(t))
+            .col_expr(command::Column::FinishedAt, Expr::value(Some(t)))
+            .filter(command::Column::CommandId.eq(&id))
+            .exec(&txn)
+            .await?;
+
+        let existing = link::Entity::find()
+            .filter(link::Column::Backend.eq(&key.backend))
+            .filter(link::Column::SessionId.eq(&key.session_id))
+            .filter(link::Column::GroupId.eq(&key.group_id))
+            .one(&txn)
+            .await?;
+        let stored_code = existing.as_ref().and_then(|l| l.invite_code.clone());
+
+        if let Some((old, new)) = &c.external_change {
+            insert_history(
+                &txn,
+                &key,
+                None,
+                "external_change",
+                0,
+                old.clone(),
+                Some(new.clone()),
+                None,
+                t,
+            )
+            .await?;
+        }
+        let old_code = match &c.outcome {
+            Outcome::Rotated { previous_code, .. } => previous_code.clone(),
+            _ => c
+                .external_change
+                .as_ref()
+                .map(|(_, new)| new.clone())
+                .or(stored_code),
+        };
+        let hist = HistoryCmd {
+            cmd,
+            started_at: c.started_at,
+        };
+        insert_history(
+            &txn,
+            &key,
+            Some(&hist),
+            c.outcome.as_str(),
+            c.attempts,
+            old_code,
+            new_code.clone(),
+            err.as_ref(),
+            t,
+        )
+        .await?;
+
+        let mut link_row: link::ActiveModel = match existing {
+            Some(m) => m.into(),
+            None => link::ActiveModel {
+                backend: Set(key.backend.clone()),
+                session_id: Set(key.session_id.clone()),
+                group_id: Set(key.group_id.clone()),
+                invite_code: Set(None),
+                issued_at: Set(None),
+                expires_at: Set(None),
+                expires_at_source: Set(None),
+                rotation_count: Set(0),
+                last_command_id: Set(None),
+                last_rotated_at: Set(None),
+                updated_at: Set(t),
+                ..Default::default()
+            },
+        };
+        let mut touch_link = false;
+        if let Some((_, new)) = &c.external_change {
+            link_row.invite_code = Set(Some(new.clone()));
+            touch_link = true;
+        }
+        if let Outcome::Rotated {
+            link,
+            expires_at,
+            source,
+            ..
+        } = &c.outcome
+        {
+            let count = match &link_row.rotation_count {
+                sea_orm::ActiveValue::Set(n) | sea_orm::ActiveValue::Unchanged(n) => *n,
+                sea_orm::ActiveValue::NotSet => 0,
+            };
+            link_row.invite_code = Set(Some(link.code.as_str().to_owned()));
+            link_row.issued_at = Set(Some(t));
+            link_row.expires_at = Set(Some(*expires_at));
+            link_row.expires_at_source = Set(Some(source.as_str().to_owned()));
+            link_row.rotation_count = Set(count + 1);
+            link_row.last_command_id = Set(Some(id.clone()));
+            link_row.last_rotated_at = Set(Some(t));
+            touch_link = true;
+        }
+        if touch_link {
+            link_row.updated_at = Set(t);
+            link_row.save(&txn).await?;
+        }
+        insert_outbox(&txn, &c.messages, t).await?;
+        txn.commit().await
+    }
+
+    /// Commits outbox rows (and, when attributable, an inbox row) for a message that
+    /// could not become a command. Returns false when its command_id was already seen.
+    pub async fn record_rejection(
+        &self,
+        inbox: Option<command::ActiveModel>,
+        messages: &[OutboxMessage],
+    ) -> Result<bool, DbErr> {
+        let t = now();
+        let txn = self.db.begin().await?;
+        if let Some(row) = inbox {
+            let n = command::Entity::insert(row)
+                .on_conflict_do_nothing()
+                .exec_without_returning(&txn)
+                .await?;
+            if matches!(n, sea_orm::TryInsertResult::Conflicted) {
+                txn.rollback().await?;
+                return Ok(false);
+            }
+        }
+        insert_outbox(&txn, messages, t).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    // ---- leases ----
+
+    /// Takes or renews the lease on `lane` for `owner`; false when another owner holds it.
+    pub async fn try_lease(&self, lane: &str, owner: &str, ttl: Duration) -> Result<bool, DbErr> {
+        let t = now();
+        let until = t + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(30));
+        let res = group_lease::Entity::update_many()
+            .col_expr(group_lease::Column::Owner, Expr::value(owner))
+            .col_expr(group_lease::Column::LeaseUntil, Expr::value(until))
+            .filter(group_lease::Column::Lane.eq(lane))
+            .filter(
+                group_lease::Column::Owner
+                    .eq(owner)
+                    .or(group_lease::Column::LeaseUntil.lt(t)),
+            )
+            .exec(&self.db)
+            .await?;
+        if res.rows_affected > 0 {
+            return Ok(true);
+        }
+        let row = group_lease::ActiveModel {
+            lane: Set(lane.to_owned()),
+            owner: Set(owner.to_owned()),
+            lease_until: Set(until),
+        };
+        let ins = group_lease::Entity::insert(row)
+            .on_conflict_do_nothing()
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(matches!(ins, sea_orm::TryInsertResult::Inserted(n) if n > 0))
+    }
+
+    pub async fn release_lease(&self, lane: &str, owner: &str) -> Result<(), DbErr> {
+        group_lease::Entity::delete_many()
+            .filter(group_lease::Column::Lane.eq(lane))
+            .filter(group_lease::Column::Owner.eq(owner))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    // ---- outbox ----
+
+    /// Claims up to `limit` unsent rows for `claim_for` (PostgreSQL replicas skip rows
+    /// another relay holds) and returns them in id order.
+    pub async fn claim_outbox(
+        &self,
+        limit: u64,
+        claim_for: Duration,
+    ) -> Result<Vec<outbox::Model>, DbErr> {
+        let t = now();
+        let until =
+            t + chrono::Duration::from_std(claim_for).unwrap_or(chrono::Duration::seconds(30));
+        let backend = self.backend();
+        let sql = match backend {
+            DbBackend::Postgres => {
+                "UPDATE outbox SET claimed_until = $1 WHERE id IN (SELECT id FROM outbox \
+                 WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < $2) \
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING *"
+            }
+            _ => {
+                "UPDATE outbox SET claimed_until = ? WHERE id IN (SELECT id FROM outbox \
+                 WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < ?) \
+                 ORDER BY id LIMIT ?) RETURNING *"
+            }
+        };
+        let stmt = Statement::from_sql_and_values(
+            backend,
+            sql,
+            [until.into(), t.into(), (limit as i64).into()],
+        );
+        let mut rows = outbox::Entity::find()
+            .from_raw_sql(stmt)
+            .all(&self.db)
+            .await?;
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
+    pub async fn mark_sent(&self, ids: &[i64]) -> Result<(), DbErr> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::SentAt, Expr::value(Some(now())))
+            .filter(outbox::Column::Id.is_in(ids.iter().copied()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes claimed rows immediately claimable again (after a failed publish).
+    pub async fn unclaim(&self, ids: &[i64]) -> Result<(), DbErr> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        outbox::Entity::update_many()
+            .col_expr(
+                outbox::Column::ClaimedUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(outbox::Column::Id.is_in(ids.iter().copied()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Unsent outbox rows and the creation time of the oldest.
+    pub async fn outbox_pending(&self) -> Result<(u64, Option<DateTime<Utc>>), DbErr> {
+        let pending = outbox::Entity::find().filter(outbox::Column::SentAt.is_null());
+        let count = pending.clone().count(&self.db).await?;
+        let oldest = pending
+            .order_by_asc(outbox::Column::Id)
+            .one(&self.db)
+            .await?
+            .map(|r| r.created_at);
+        Ok((count, oldest))
+    }
+
+    // ---- queries for the CLI and the scheduler ----
+
+    pub async fn links(&self) -> Result<Vec<link::Model>, DbErr> {
+        link::Entity::find()
+            .order_by_asc(link::Column::Backend)
+            .order_by_asc(link::Column::SessionId)
+            .order_by_asc(link::Column::GroupId)
+            .all(&self.db)
+            .await
+    }
+
+    pub async fn history(&self, key: &GroupKey) -> Result<Vec<history::Model>, DbErr> {
+        history::Entity::find()
+            .filter(history::Column::Backend.eq(&key.backend))
+            .filter(history::Column::SessionId.eq(&key.session_id))
+            .filter(history::Column::GroupId.eq(&key.group_id))
+            .order_by_asc(history::Column::Id)
+            .all(&self.db)
+            .await
+    }
+
+    /// Links whose expiry falls at or before `due`, soonest first.
+    pub async fn links_due(
+        &self,
+        due: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<link::Model>, DbErr> {
+        link::Entity::find()
+            .filter(link::Column::ExpiresAt.lte(due))
+            .order_by_asc(link::Column::ExpiresAt)
+            .limit(limit)
+            .all(&self.db)
+            .await
+    }
+
+    pub async fn count_links_due(&self, due: DateTime<Utc>) -> Result<u64, DbErr> {
+        link::Entity::find()
+            .filter(link::Column::ExpiresAt.lte(due))
+            .count(&self.db)
+            .await
+    }
+}
+
+struct HistoryCmd<'a> {
+    cmd: &'a Command,
+    started_at: DateTime<Utc>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_history<C: ConnectionTrait>(
+    db: &C,
+    key: &GroupKey,
+    cmd: Option<&HistoryCmd<'_>>,
+    outcome: &str,
+    attempts: i32,
+    old_code: Option<String>,
+    new_code: Option<String>,
+    err: Option<&BackendError>,
+    at: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let row = history::ActiveModel {
+        backend: Set(key.backend.clone()),
+        session_id: Set(key.session_id.clone()),
+        group_id: Set(key.group_id.clone()),
+        command_id: Set(cmd.map(|c| c.cmd.id.to_string())),
+        command_type: Set(cmd.map(|c| c.cmd.kind.as_str().to_owned())),
+        trigger: Set(cmd.map(|c| c.cmd.kind.trigger().to_owned())),
+        outcome: Set(outcome.to_owned()),
+        attempts: Set(attempts),
+        old_code: Set(old_code),
+        new_code: Set(new_code),
+        error_kind: Set(err.map(|e| e.kind.as_str().to_owned())),
+        error_message: Set(err.map(|e| e.message.clone())),
+        started_at: Set(cmd.map(|c| c.started_at)),
+        occurred_at: Set(at),
+        ..Default::default()
+    };
+    history::Entity::insert(row)
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+async fn insert_outbox<C: ConnectionTrait>(
+    db: &C,
+    messages: &[OutboxMessage],
+    at: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let rows = messages.iter().map(|m| outbox::ActiveModel {
+        exchange: Set(m.exchange.clone()),
+        routing_key: Set(m.routing_key.clone()),
+        message_id: Set(m.message_id.clone()),
+        message_type: Set(m.message_type.clone()),
+        correlation_id: Set(m.correlation_id.clone()),
+        headers: Set((!m.headers.is_empty()).then(|| {
+            serde_json::to_string(
+                &m.headers
+                    .iter()
+                    .cloned()
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+            .unwrap_or_default()
+        })),
+        payload: Set(m.payload.clone()),
+        created_at: Set(at),
+        claimed_until: Set(None),
+        sent_at: Set(None),
+        ..Default::default()
+    });
+    outbox::Entity::insert_many(rows)
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
