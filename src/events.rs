@@ -134,6 +134,7 @@ impl ExpirySource {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn rotated(
     exchange: &str,
     subject: &Subject,

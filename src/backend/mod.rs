@@ -273,6 +273,23 @@ pub trait Backend: Send + Sync {
 
 pub type SharedBackend = Arc<dyn Backend>;
 
+/// Builds the backend named `name` from its settings. HTTP kinds get one pooled client
+/// each; the simulator kind runs against `world`.
+pub fn build(
+    name: &str,
+    settings: &crate::config::BackendSettings,
+    world: &crate::simulator::SimWorld,
+) -> Result<SharedBackend, String> {
+    let _ = name;
+    match settings.kind {
+        BackendKind::Simulator => Ok(Arc::new(simulator::SimulatorBackend::new(
+            world.clone(),
+            settings.timeout,
+        ))),
+        other => Err(format!("backend kind {other} is not implemented yet")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,22 +343,5 @@ mod tests {
                 ErrorKind::BackendUnavailable
             ]
         );
-    }
-}
-
-/// Builds the backend named `name` from its settings. HTTP kinds get one pooled client
-/// each; the simulator kind runs against `world`.
-pub fn build(
-    name: &str,
-    settings: &crate::config::BackendSettings,
-    world: &crate::simulator::SimWorld,
-) -> Result<SharedBackend, String> {
-    let _ = name;
-    match settings.kind {
-        BackendKind::Simulator => Ok(Arc::new(simulator::SimulatorBackend::new(
-            world.clone(),
-            settings.timeout,
-        ))),
-        other => Err(format!("backend kind {other} is not implemented yet")),
     }
 }

@@ -140,6 +140,8 @@ struct State {
     max_in_any_second: HashMap<String, u32>,
     latency: Duration,
     auto_create: bool,
+    in_flight_total: u32,
+    max_in_flight_total: u32,
 }
 
 /// Counters returned by the control API and used by tests.
@@ -154,6 +156,8 @@ pub struct Stats {
     pub max_group_concurrency: u32,
     /// `session` → most requests that session made within any one-second window.
     pub max_requests_per_second: HashMap<String, u32>,
+    /// Most requests in flight at once over all groups.
+    pub max_total_concurrency: u32,
 }
 
 /// The world. Cheap to clone (an `Arc` inside).
@@ -281,6 +285,7 @@ impl SimWorld {
                 .max()
                 .unwrap_or(0),
             max_requests_per_second: st.max_in_any_second.clone(),
+            max_total_concurrency: st.max_in_flight_total,
         }
     }
 
@@ -290,6 +295,7 @@ impl SimWorld {
         st.route_counts.clear();
         st.session_requests.clear();
         st.max_in_any_second.clear();
+        st.max_in_flight_total = 0;
         for g in st.groups.values_mut() {
             g.resets = 0;
             g.max_in_flight = 0;
@@ -375,12 +381,15 @@ impl SimWorld {
             }
             g.in_flight += 1;
             g.max_in_flight = g.max_in_flight.max(g.in_flight);
+            st.in_flight_total += 1;
+            st.max_in_flight_total = st.max_in_flight_total.max(st.in_flight_total);
             st.latency
         };
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
         let mut st = self.lock();
+        st.in_flight_total -= 1;
         let g = st.groups.get_mut(&key).expect("groups are never removed");
         g.in_flight -= 1;
         if op == Op::Reset {

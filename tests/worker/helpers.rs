@@ -1,0 +1,440 @@
+//! Test harness: an isolated environment per test (own AMQP name prefix, own SQLite file
+//! or PostgreSQL database), a worker running in-process, and taps on events and
+//! dead letters. Everything is removed when the environment is dropped.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use invite_worker::{
+    amqp::Topology,
+    command::CommandType,
+    config::{QueueType, Secret, Settings},
+    send::{self, CommandSpec},
+    simulator::SimWorld,
+    store::Store,
+    worker::Worker,
+};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+        ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::Value;
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates `sqlite` and `postgres` variants of an async test function taking a [`Db`].
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::Db::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::helpers::Db::Postgres).await
+            }
+        }
+    )*};
+}
+
+pub struct TestEnv {
+    pub settings: Settings,
+    pub topology: Topology,
+    pub world: SimWorld,
+    pg_db: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub async fn new(db: Db) -> Self {
+        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db_path = dir.path().join("test.db");
+        let mut settings = Settings::default();
+        settings.backends.insert(
+            "sim".into(),
+            invite_worker::config::BackendSettings::simulator(),
+        );
+        settings.amqp.url = Secret::new(AMQP_URL);
+        settings.amqp.name_prefix = format!("test-{id}.");
+        settings.amqp.queue_type = QueueType::Classic;
+        settings.http.listen = String::new();
+        settings.rotation.enabled = false;
+        settings.worker.shutdown_grace = Duration::from_secs(10);
+        settings.retry.initial_delay = Duration::from_millis(50);
+        settings.retry.max_delay = Duration::from_millis(400);
+        let mut pg_db = None;
+        match db {
+            Db::Sqlite => {
+                settings.database.url =
+                    Secret::new(format!("sqlite://{}?mode=rwc", db_path.display()));
+            }
+            Db::Postgres => {
+                let name = format!("iw_test_{id}");
+                let admin = Database::connect(PG_ADMIN_URL)
+                    .await
+                    .expect("connect to PostgreSQL");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create database");
+                let _ = admin.close().await;
+                settings.database.url =
+                    Secret::new(format!("postgres://postgres@127.0.0.1:5432/{name}"));
+                pg_db = Some(name);
+            }
+        }
+        let topology = Topology::new(&settings.amqp.name_prefix);
+        Self {
+            settings,
+            topology,
+            world: SimWorld::new(true),
+            pg_db,
+            _dir: dir,
+        }
+    }
+
+    /// Starts a worker in this process on these settings and this simulator world.
+    pub async fn start_worker(&self) -> RunningWorker {
+        self.start_worker_with(self.settings.clone()).await
+    }
+
+    pub async fn start_worker_with(&self, settings: Settings) -> RunningWorker {
+        let worker = Worker::start(settings, Some(self.world.clone()))
+            .await
+            .expect("worker starts");
+        let store = worker.store().clone();
+        let health = worker.health.clone();
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(worker.run(token.clone()));
+        // Ready once the consumer is attached.
+        wait_until(Duration::from_secs(20), || {
+            let h = health.clone();
+            async move { h.consuming.load(std::sync::atomic::Ordering::Relaxed) }
+        })
+        .await;
+        RunningWorker {
+            token,
+            handle: Some(handle),
+            store,
+        }
+    }
+
+    pub async fn channel(&self) -> (Connection, Channel) {
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("amqp");
+        let ch = conn.create_channel().await.expect("channel");
+        (conn, ch)
+    }
+
+    /// Publishes commands through the same code path as `invite-worker send`.
+    pub async fn send(&self, specs: &[CommandSpec]) -> Vec<Uuid> {
+        send::publish(&self.settings, specs).await.expect("send")
+    }
+
+    /// Publishes raw bytes to the commands exchange.
+    pub async fn publish_raw(&self, body: &[u8]) {
+        let (conn, ch) = self.channel().await;
+        ch.confirm_select(Default::default())
+            .await
+            .expect("confirms");
+        ch.basic_publish(
+            self.topology.commands_exchange().as_str().into(),
+            "command.revoke_invite".into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+        let _ = conn.close(200, "OK".into()).await;
+    }
+
+    /// A queue bound to every event; call before the events are produced.
+    pub async fn tap_events(&self) -> EventTap {
+        let (conn, ch) = self.channel().await;
+        invite_worker::amqp::declare(&ch, &self.topology, QueueType::Classic)
+            .await
+            .expect("declare");
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("tap queue");
+        ch.queue_bind(
+            q.name().clone(),
+            self.topology.events_exchange().as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+        let mut consumer = ch
+            .basic_consume(
+                q.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                let body: Value = serde_json::from_slice(&d.data).unwrap_or(Value::Null);
+                let props = EventProps {
+                    message_id: d.properties.message_id().as_ref().map(|s| s.to_string()),
+                    kind: d.properties.kind().as_ref().map(|s| s.to_string()),
+                    correlation_id: d
+                        .properties
+                        .correlation_id()
+                        .as_ref()
+                        .map(|s| s.to_string()),
+                    persistent: *d.properties.delivery_mode() == Some(2),
+                    routing_key: d.routing_key.to_string(),
+                };
+                if tx.send((props, body)).is_err() {
+                    break;
+                }
+            }
+        });
+        EventTap {
+            rx,
+            _conn: conn,
+            task,
+        }
+    }
+
+    /// Drains the dead-letter queue: (body, x-invite-error header).
+    pub async fn dead_letters(&self) -> Vec<(Vec<u8>, String)> {
+        let (conn, ch) = self.channel().await;
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get(
+                self.topology.dead_queue().as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await
+            .expect("basic_get")
+        {
+            let header = m
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-invite-error").cloned())
+                .map(|v| match v {
+                    AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            m.delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
+            out.push((m.delivery.data.clone(), header));
+        }
+        let _ = conn.close(200, "OK".into()).await;
+        out
+    }
+
+    async fn cleanup(topology: Topology, pg_db: Option<String>) {
+        if let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await {
+            if let Ok(ch) = conn.create_channel().await {
+                for q in topology.queues() {
+                    let _ = ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                for e in topology.exchanges() {
+                    let _ = ch
+                        .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
+                }
+            }
+            let _ = conn.close(200, "OK".into()).await;
+        }
+        if let Some(name) = pg_db
+            && let Ok(admin) = Database::connect(PG_ADMIN_URL).await
+        {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+            let _ = admin.close().await;
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let topology = self.topology.clone();
+        let pg_db = self.pg_db.take();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Runtime::new() {
+                rt.block_on(Self::cleanup(topology, pg_db));
+            }
+        })
+        .join();
+    }
+}
+
+pub struct RunningWorker {
+    token: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    pub store: Store,
+}
+
+impl RunningWorker {
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("worker task").expect("worker exits cleanly");
+        }
+    }
+}
+
+impl Drop for RunningWorker {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EventProps {
+    pub message_id: Option<String>,
+    pub kind: Option<String>,
+    pub correlation_id: Option<String>,
+    pub persistent: bool,
+    pub routing_key: String,
+}
+
+pub struct EventTap {
+    rx: mpsc::UnboundedReceiver<(EventProps, Value)>,
+    _conn: Connection,
+    task: JoinHandle<()>,
+}
+
+impl Drop for EventTap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EventTap {
+    /// The next `n` events, failing the test if they do not arrive within `within`.
+    pub async fn take(&mut self, n: usize, within: Duration) -> Vec<(EventProps, Value)> {
+        let mut out = Vec::with_capacity(n);
+        let deadline = tokio::time::Instant::now() + within;
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(e)) => out.push(e),
+                _ => panic!(
+                    "expected {n} events within {within:?}, got {}: {out:#?}",
+                    out.len()
+                ),
+            }
+        }
+        out
+    }
+
+    /// Events until one for `command_id` arrives (inclusive).
+    pub async fn until_command(
+        &mut self,
+        command_id: Uuid,
+        within: Duration,
+    ) -> Vec<(EventProps, Value)> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(e)) => {
+                    let done = e.1["command_id"] == command_id.to_string();
+                    out.push(e);
+                    if done {
+                        return out;
+                    }
+                }
+                _ => panic!("no event for {command_id} within {within:?}; saw {out:#?}"),
+            }
+        }
+    }
+
+    /// Events already delivered, without waiting.
+    pub fn drain_now(&mut self) -> Vec<(EventProps, Value)> {
+        let mut out = Vec::new();
+        while let Ok(e) = self.rx.try_recv() {
+            out.push(e);
+        }
+        out
+    }
+}
+
+pub fn revoke(session: &str, group: &str) -> CommandSpec {
+    CommandSpec {
+        kind: CommandType::RevokeInvite,
+        session: session.into(),
+        group: group.into(),
+        backend: None,
+        reason: Some("test".into()),
+        requested_by: Some("tests".into()),
+        command_id: None,
+    }
+}
+
+pub fn rotate(session: &str, group: &str) -> CommandSpec {
+    CommandSpec {
+        kind: CommandType::RotateExpiringLink,
+        ..revoke(session, group)
+    }
+}
+
+pub fn group(n: usize) -> String {
+    format!("1203630412345{n:05}@g.us")
+}
+
+/// Polls `cond` until it holds, failing the test after `within`.
+pub async fn wait_until<F, Fut>(within: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
