@@ -167,10 +167,10 @@ enum Refusal {
 }
 
 impl Refusal {
-    /// The one mapping from the world's errors, shared by every API. `Hang` is not a
-    /// refusal: it is never answered.
-    fn from_world(e: SimError) -> (Self, Option<u64>) {
-        match e {
+    /// The one mapping from the world's errors (with their Retry-After seconds), shared
+    /// by every API. `None` for a hang, which is never answered.
+    fn from_world(e: SimError) -> Option<(Self, Option<u64>)> {
+        Some(match e {
             SimError::Fault {
                 status,
                 retry_after,
@@ -184,8 +184,8 @@ impl Refusal {
             SimError::SessionDisconnected => (Refusal::SessionDisconnected, None),
             SimError::GroupNotFound => (Refusal::GroupNotFound, None),
             SimError::NotAdmin => (Refusal::NotAdmin, None),
-            SimError::Hang => (Refusal::Status(StatusCode::SERVICE_UNAVAILABLE), None),
-        }
+            SimError::Hang => return None,
+        })
     }
 }
 
@@ -248,7 +248,12 @@ impl AppState {
     /// body from the link; refusals are rendered in the API's dialect; a hang is never
     /// answered (until shutdown).
     async fn run(&self, call: Call, success: impl FnOnce(&SimLink) -> Value) -> Response {
-        tracing::debug!(route = %call.route, session = %call.session, group = %call.group, "simulated request");
+        tracing::debug!(
+            route = %call.route,
+            session = %call.session,
+            group = %call.group,
+            "simulated request"
+        );
         let world = self.world.clone();
         let (route, session, group, op) = (
             call.route.clone(),
@@ -262,14 +267,13 @@ impl AppState {
             tokio::spawn(async move { world.call(&route, &session, &group, op).await }).await;
         match outcome {
             Ok(Ok(link)) => Json(success(&link)).into_response(),
-            Ok(Err(SimError::Hang)) => {
-                self.stop.cancelled().await;
-                StatusCode::SERVICE_UNAVAILABLE.into_response()
-            }
-            Ok(Err(e)) => {
-                let (refusal, retry_after) = Refusal::from_world(e);
-                call.refuse(&refusal, retry_after)
-            }
+            Ok(Err(e)) => match Refusal::from_world(e) {
+                Some((refusal, retry_after)) => call.refuse(&refusal, retry_after),
+                None => {
+                    self.stop.cancelled().await;
+                    StatusCode::SERVICE_UNAVAILABLE.into_response()
+                }
+            },
             Err(_) => call.refuse(&Refusal::Status(StatusCode::INTERNAL_SERVER_ERROR), None),
         }
     }
