@@ -273,6 +273,31 @@ pub trait Backend: Send + Sync {
 
 pub type SharedBackend = Arc<dyn Backend>;
 
+/// Builds the backend named `name` from its settings. HTTP kinds get one pooled client
+/// each; the simulator kind runs against `world`.
+pub fn build(
+    name: &str,
+    settings: &crate::config::BackendSettings,
+    world: &crate::simulator::SimWorld,
+) -> Result<SharedBackend, String> {
+    fn shared<B: Backend + 'static>(backend: Result<B, String>) -> Result<SharedBackend, String> {
+        backend.map(|b| Arc::new(b) as SharedBackend)
+    }
+    let backend = match settings.kind {
+        BackendKind::Simulator => Ok(Arc::new(simulator::SimulatorBackend::new(
+            world.clone(),
+            settings.timeout,
+        )) as SharedBackend),
+        BackendKind::Wasend => shared(wasend::Wasend::new(settings)),
+        BackendKind::Wawp => shared(wawp::Wawp::new(settings)),
+        BackendKind::Gateway => shared(gateway::Gateway::new(settings)),
+        BackendKind::MetaCloud => shared(meta_cloud::MetaCloud::new(settings)),
+        BackendKind::Waha => shared(waha::Waha::new(settings)),
+        BackendKind::Evolution => shared(evolution::Evolution::new(settings)),
+    };
+    backend.map_err(|e| format!("backends.{name}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,29 +352,4 @@ mod tests {
             ]
         );
     }
-}
-
-/// Builds the backend named `name` from its settings. HTTP kinds get one pooled client
-/// each; the simulator kind runs against `world`.
-pub fn build(
-    name: &str,
-    settings: &crate::config::BackendSettings,
-    world: &crate::simulator::SimWorld,
-) -> Result<SharedBackend, String> {
-    fn shared<B: Backend + 'static>(backend: Result<B, String>) -> Result<SharedBackend, String> {
-        backend.map(|b| Arc::new(b) as SharedBackend)
-    }
-    let backend = match settings.kind {
-        BackendKind::Simulator => Ok(Arc::new(simulator::SimulatorBackend::new(
-            world.clone(),
-            settings.timeout,
-        )) as SharedBackend),
-        BackendKind::Wasend => shared(wasend::Wasend::new(settings)),
-        BackendKind::Wawp => shared(wawp::Wawp::new(settings)),
-        BackendKind::Gateway => shared(gateway::Gateway::new(settings)),
-        BackendKind::MetaCloud => shared(meta_cloud::MetaCloud::new(settings)),
-        BackendKind::Waha => shared(waha::Waha::new(settings)),
-        BackendKind::Evolution => shared(evolution::Evolution::new(settings)),
-    };
-    backend.map_err(|e| format!("backends.{name}: {e}"))
 }
