@@ -280,14 +280,22 @@ pub fn build(
     settings: &crate::config::BackendSettings,
     world: &crate::simulator::SimWorld,
 ) -> Result<SharedBackend, String> {
-    let _ = name;
-    match settings.kind {
+    fn shared<B: Backend + 'static>(backend: Result<B, String>) -> Result<SharedBackend, String> {
+        backend.map(|b| Arc::new(b) as SharedBackend)
+    }
+    let backend = match settings.kind {
         BackendKind::Simulator => Ok(Arc::new(simulator::SimulatorBackend::new(
             world.clone(),
             settings.timeout,
-        ))),
-        other => Err(format!("backend kind {other} is not implemented yet")),
-    }
+        )) as SharedBackend),
+        BackendKind::Wasend => shared(wasend::Wasend::new(settings)),
+        BackendKind::Wawp => shared(wawp::Wawp::new(settings)),
+        BackendKind::Gateway => shared(gateway::Gateway::new(settings)),
+        BackendKind::MetaCloud => shared(meta_cloud::MetaCloud::new(settings)),
+        BackendKind::Waha => shared(waha::Waha::new(settings)),
+        BackendKind::Evolution => shared(evolution::Evolution::new(settings)),
+    };
+    backend.map_err(|e| format!("backends.{name}: {e}"))
 }
 
 #[cfg(test)]

@@ -1,1 +1,82 @@
-//! The `waha` backend kind (to be implemented: see PROVIDERS.md).
+//! The `waha` backend kind: WAHA, the self-hosted WhatsApp HTTP API. `X-Api-Key` auth;
+//! the invite code comes back as a bare JSON string (a code or a full link).
+
+use async_trait::async_trait;
+use reqwest::Method;
+
+use super::{
+    Backend, BackendError, BackendKind, ErrorKind, Link,
+    http::{Auth, HttpApi, Reply, classify},
+};
+use crate::{
+    command::{GroupId, SessionId},
+    config::BackendSettings,
+};
+
+/// Fields tolerated around the code when the body is an object instead of a string.
+pub(super) const CODE_FIELDS: &[&str] = &["code", "inviteCode"];
+
+pub struct Waha {
+    api: HttpApi,
+}
+
+impl Waha {
+    pub fn new(settings: &BackendSettings) -> Result<Self, String> {
+        Ok(Self {
+            api: HttpApi::new(settings, Auth::Header("X-Api-Key"), None)?,
+        })
+    }
+
+    async fn invite_code(
+        &self,
+        method: Method,
+        session: &SessionId,
+        group: &GroupId,
+        tail: &[&str],
+    ) -> Result<Link, BackendError> {
+        let path = [
+            &[
+                "api",
+                session.as_str(),
+                "groups",
+                group.as_str(),
+                "invite-code",
+            ][..],
+            tail,
+        ]
+        .concat();
+        let request = self.api.request(method, &path, &[])?;
+        self.api
+            .call(request, refusal_kind, |reply| reply.link(CODE_FIELDS))
+            .await
+    }
+}
+
+/// WAHA's refusals (shared by wawp): 422 means the session is not working (transient);
+/// WhatsApp's refusals arrive as 500 with `exception.message`, which [`classify`] reads.
+pub(super) fn refusal_kind(reply: &Reply, text: &str) -> ErrorKind {
+    match reply.status {
+        422 => ErrorKind::SessionDisconnected,
+        status => classify(status, text),
+    }
+}
+
+#[async_trait]
+impl Backend for Waha {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Waha
+    }
+
+    async fn current_link(
+        &self,
+        session: &SessionId,
+        group: &GroupId,
+    ) -> Result<Link, BackendError> {
+        self.invite_code(Method::GET, session, group, &[]).await
+    }
+
+    async fn reset_link(&self, session: &SessionId, group: &GroupId) -> Result<Link, BackendError> {
+        self.invite_code(Method::POST, session, group, &["revoke"])
+            .await
+    }
+}

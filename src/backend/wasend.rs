@@ -1,1 +1,90 @@
-//! The `wasend` backend kind (to be implemented: see PROVIDERS.md).
+//! The `wasend` backend kind: Bearer auth, either the `invite-link` endpoint family of
+//! the docs (the only provider reporting `expiresAt`) or the SDK's older `invite-code` one.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use reqwest::Method;
+use serde_json::Value;
+
+use super::{
+    Backend, BackendError, BackendKind, Link,
+    http::{Auth, HttpApi, classify_reply, invite_code},
+};
+use crate::{
+    command::{GroupId, SessionId},
+    config::BackendSettings,
+};
+
+/// Both families answer with one of these (or, for `invite-code`, a bare string).
+const LINK_FIELDS: &[&str] = &["inviteLink", "inviteCode", "code"];
+
+pub struct Wasend {
+    api: HttpApi,
+    /// The last path segment before `/revoke`: `invite-link` or `invite-code`.
+    family: &'static str,
+}
+
+impl Wasend {
+    pub fn new(settings: &BackendSettings) -> Result<Self, String> {
+        let family = match settings.endpoints.as_deref() {
+            None | Some("invite-link") => "invite-link",
+            Some("invite-code") => "invite-code",
+            Some(other) => return Err(format!("endpoints: unknown family {other:?}")),
+        };
+        Ok(Self {
+            api: HttpApi::new(settings, Auth::Bearer, None)?,
+            family,
+        })
+    }
+
+    async fn invite(
+        &self,
+        method: Method,
+        session: &SessionId,
+        group: &GroupId,
+        tail: &[&str],
+    ) -> Result<Link, BackendError> {
+        let path = [
+            &[session.as_str(), "groups", group.as_str(), self.family][..],
+            tail,
+        ]
+        .concat();
+        let request = self.api.request(method, &path, &[])?;
+        self.api
+            .call(request, classify_reply, |reply| {
+                let body = reply.json()?;
+                Ok(Link {
+                    code: invite_code(&body, LINK_FIELDS)?,
+                    expires_at: expires_at(&body),
+                })
+            })
+            .await
+    }
+}
+
+/// `expiresAt` as RFC 3339; absent or unreadable means no reported expiry.
+fn expires_at(body: &Value) -> Option<DateTime<Utc>> {
+    let raw = body.get("expiresAt")?.as_str()?;
+    DateTime::parse_from_rfc3339(raw)
+        .ok()
+        .map(|at| at.with_timezone(&Utc))
+}
+
+#[async_trait]
+impl Backend for Wasend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Wasend
+    }
+
+    async fn current_link(
+        &self,
+        session: &SessionId,
+        group: &GroupId,
+    ) -> Result<Link, BackendError> {
+        self.invite(Method::GET, session, group, &[]).await
+    }
+
+    async fn reset_link(&self, session: &SessionId, group: &GroupId) -> Result<Link, BackendError> {
+        self.invite(Method::POST, session, group, &["revoke"]).await
+    }
+}

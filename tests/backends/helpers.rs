@@ -1,0 +1,144 @@
+//! Fixtures shared by the backend tests: settings pointing at a mock server, validated
+//! ids, and assertions that classify an error and check it carries no token.
+
+use std::time::Duration;
+
+use invite_worker::{
+    backend::{self, BackendError, BackendKind, ErrorKind, LINK_PREFIX, Link, SharedBackend},
+    command::{GroupId, GroupIdStyle, SessionId},
+    config::{BackendSettings, Secret},
+    simulator::SimWorld,
+};
+use serde_json::{Value, json};
+use wiremock::{Mock, MockServer, ResponseTemplate, matchers::any};
+
+/// Contains characters that percent-encode, so an encoded leak would be caught too.
+pub const TOKEN: &str = "tok-S3CR3T/9f+2c";
+/// A fragment of the token that must never show up anywhere.
+const TOKEN_MARK: &str = "S3CR3T";
+pub const CODE: &str = "AbCdEfGhIjKlMnOpQrStUv";
+pub const NEW_CODE: &str = "ZyXwVuTsRqPoNmLkJiHgFe";
+pub const SESSION: &str = "sales-team";
+pub const GROUP: &str = "120363041234567890@g.us";
+pub const GROUP_IN_PATH: &str = "120363041234567890%40g.us";
+pub const META_GROUP: &str = "Grp_123-abc";
+pub const EVIL_LINK: &str = "https://evil.example/abc";
+
+pub const TRANSIENT: bool = true;
+pub const PERMANENT: bool = false;
+
+/// The six HTTP kinds.
+pub const HTTP_KINDS: [BackendKind; 6] = [
+    BackendKind::Wasend,
+    BackendKind::Wawp,
+    BackendKind::Gateway,
+    BackendKind::MetaCloud,
+    BackendKind::Waha,
+    BackendKind::Evolution,
+];
+
+pub fn link(code: &str) -> String {
+    format!("{LINK_PREFIX}{code}")
+}
+
+pub fn settings(kind: BackendKind, base_url: &str) -> BackendSettings {
+    BackendSettings {
+        kind,
+        base_url: Some(base_url.to_owned()),
+        token: Some(Secret::new(TOKEN)),
+        timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(2),
+        ..BackendSettings::simulator()
+    }
+}
+
+pub fn build(settings: &BackendSettings) -> SharedBackend {
+    backend::build("test", settings, &SimWorld::new(false)).expect("backend builds")
+}
+
+/// A mock server and a backend of `kind` pointed at it.
+pub async fn serve(kind: BackendKind) -> (MockServer, SharedBackend) {
+    let server = MockServer::start().await;
+    let backend = build(&settings(kind, &server.uri()));
+    (server, backend)
+}
+
+pub fn session() -> SessionId {
+    SessionId::parse(SESSION).unwrap()
+}
+
+/// The group id used for `kind`: a JID, or an opaque id for meta_cloud.
+pub fn group_for(kind: BackendKind) -> GroupId {
+    match kind.group_style() {
+        GroupIdStyle::Jid => GroupId::parse(GROUP, GroupIdStyle::Jid).unwrap(),
+        GroupIdStyle::Opaque => GroupId::parse(META_GROUP, GroupIdStyle::Opaque).unwrap(),
+    }
+}
+
+pub fn group() -> GroupId {
+    group_for(BackendKind::Waha)
+}
+
+/// A successful reset answer of `kind` carrying `link`.
+pub fn reset_body(kind: BackendKind, link: &str) -> Value {
+    match kind {
+        BackendKind::Wasend => json!({"success": true, "inviteLink": link}),
+        BackendKind::Wawp => json!({"code": link}),
+        BackendKind::Gateway => json!({"invite": link}),
+        BackendKind::MetaCloud => json!({"messaging_product": "whatsapp", "invite_link": link}),
+        BackendKind::Waha => json!(link),
+        BackendKind::Evolution => json!({"revoked": true, "inviteCode": link}),
+        BackendKind::Simulator => unreachable!("not an HTTP kind"),
+    }
+}
+
+/// The result of `backend.reset_link` for the default session and the kind's group.
+pub async fn reset(backend: &SharedBackend) -> Result<Link, BackendError> {
+    backend
+        .reset_link(&session(), &group_for(backend.kind()))
+        .await
+}
+
+pub async fn read(backend: &SharedBackend) -> Result<Link, BackendError> {
+    backend
+        .current_link(&session(), &group_for(backend.kind()))
+        .await
+}
+
+/// The error a reset of `kind` ends in when every request is answered with `response`.
+pub async fn refusal(kind: BackendKind, response: ResponseTemplate) -> BackendError {
+    let (server, backend) = serve(kind).await;
+    Mock::given(any())
+        .respond_with(response)
+        .mount(&server)
+        .await;
+    reset(&backend)
+        .await
+        .expect_err("the reset should have failed")
+}
+
+/// [`refusal`] for a JSON body with `status`.
+pub async fn json_refusal(kind: BackendKind, status: u16, body: Value) -> BackendError {
+    refusal(kind, ResponseTemplate::new(status).set_body_json(body)).await
+}
+
+pub fn assert_link(result: Result<Link, BackendError>, code: &str) -> Link {
+    let link = result.unwrap_or_else(|e| panic!("expected a link, got {e:?}"));
+    assert_eq!(link.code.as_str(), code);
+    link
+}
+
+/// Checks the kind, the retry class and the HTTP status of `error`, and that it
+/// carries no token.
+pub fn assert_error(error: &BackendError, kind: ErrorKind, transient: bool, status: Option<u16>) {
+    assert_eq!(error.kind, kind, "{error:?}");
+    assert_eq!(error.is_transient(), transient, "{error:?}");
+    assert_eq!(error.http_status, status, "{error:?}");
+    assert_no_token(error);
+}
+
+pub fn assert_no_token(error: &BackendError) {
+    for text in [error.to_string(), format!("{error:?}")] {
+        assert!(!text.contains(TOKEN_MARK), "token leaked: {text}");
+    }
+}
