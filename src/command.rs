@@ -72,6 +72,9 @@ impl SessionId {
         if !raw.chars().all(ok_char) {
             return Err("session_id may only contain A-Za-z0-9._:@+-".into());
         }
+        if raw.chars().all(|c| c == '.') {
+            return Err("session_id may not consist of dots only".into());
+        }
         Ok(Self(raw.to_owned()))
     }
 
@@ -402,6 +405,8 @@ mod tests {
         assert!(SessionId::parse("").is_err());
         assert!(SessionId::parse(&"a".repeat(129)).is_err());
         assert!(SessionId::parse("team-1_x:y@z+w.").is_ok());
+        assert!(SessionId::parse("..").is_err());
+        assert!(SessionId::parse(".").is_err());
     }
 
     #[test]

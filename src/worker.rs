@@ -98,8 +98,7 @@ impl Worker {
         let world = world.unwrap_or_default();
         let mut backends = HashMap::new();
         for (name, b) in &settings.backends {
-            let built = backend::build(name, b, &world)
-                .map_err(|e| anyhow::anyhow!("backends.{name}: {e}"))?;
+            let built = backend::build(name, b, &world).map_err(|e| anyhow::anyhow!(e))?;
             backends.insert(name.clone(), BackendEntry::new(built, b));
         }
         let topology = Topology::new(&settings.amqp.name_prefix);
