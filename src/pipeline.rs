@@ -290,9 +290,11 @@ impl Pipeline {
         let now = Utc::now();
 
         if cmd.kind == CommandType::RotateExpiringLink && row.status == store::STATUS_RECEIVED {
-            let lead = chrono::Duration::from_std(self.settings.rotation.lead).unwrap_or_default();
+            let lead = self.settings.rotation.lead;
             let fresh = stored.as_ref().is_some_and(|l| {
-                l.invite_code.is_some() && l.expires_at.is_some_and(|e| e > now + lead)
+                l.invite_code.is_some()
+                    && l.expires_at
+                        .is_some_and(|e| !crate::scheduler::is_due(e, now, lead))
             });
             if fresh {
                 info!("link is not due for rotation; skipping");

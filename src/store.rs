@@ -567,6 +567,58 @@ impl Store {
             .await
     }
 
+    /// Claims up to `limit` links whose expiry is at or before `due` and for which no
+    /// rotation was published yet (or the last publication is older than `republish`).
+    /// On PostgreSQL concurrent scanners skip each other's rows.
+    pub async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        due: DateTime<Utc>,
+        republish: Duration,
+        limit: u64,
+    ) -> Result<Vec<link::Model>, DbErr> {
+        let stale =
+            now - chrono::Duration::from_std(republish).unwrap_or(chrono::Duration::minutes(10));
+        let backend = self.backend();
+        let sql = match backend {
+            DbBackend::Postgres => {
+                "UPDATE links SET scheduled_for = expires_at, scheduled_at = $1 WHERE id IN \
+                 (SELECT id FROM links WHERE expires_at <= $2 AND (scheduled_for IS NULL \
+                 OR scheduled_for <> expires_at OR scheduled_at < $3) ORDER BY expires_at \
+                 LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING *"
+            }
+            _ => {
+                "UPDATE links SET scheduled_for = expires_at, scheduled_at = ? WHERE id IN \
+                 (SELECT id FROM links WHERE expires_at <= ? AND (scheduled_for IS NULL \
+                 OR scheduled_for <> expires_at OR scheduled_at < ?) ORDER BY expires_at \
+                 LIMIT ?) RETURNING *"
+            }
+        };
+        let values = [now.into(), due.into(), stale.into(), (limit as i64).into()];
+        let stmt = Statement::from_sql_and_values(backend, sql, values);
+        link::Entity::find().from_raw_sql(stmt).all(&self.db).await
+    }
+
+    /// Forgets a claim so the next scan publishes again (after a failed publish).
+    pub async fn unschedule(&self, ids: &[i64]) -> Result<(), DbErr> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        link::Entity::update_many()
+            .col_expr(
+                link::Column::ScheduledAt,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .col_expr(
+                link::Column::ScheduledFor,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(link::Column::Id.is_in(ids.iter().copied()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
     pub async fn count_links_due(&self, due: DateTime<Utc>) -> Result<u64, DbErr> {
         link::Entity::find()
             .filter(link::Column::ExpiresAt.lte(due))

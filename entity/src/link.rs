@@ -19,6 +19,10 @@ pub struct Model {
     pub last_command_id: Option<String>,
     pub last_rotated_at: Option<DateTimeUtc>,
     pub updated_at: DateTimeUtc,
+    /// The `expires_at` a scheduled rotation was last published for.
+    pub scheduled_for: Option<DateTimeUtc>,
+    /// When that rotation was published.
+    pub scheduled_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
