@@ -58,6 +58,7 @@ pub struct Lease {
     lane: String,
     owner: String,
     renewer: JoinHandle<()>,
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl Lease {
@@ -98,12 +99,31 @@ impl Lease {
             lane: lane.to_owned(),
             owner: owner.to_owned(),
             renewer,
+            released: Default::default(),
         }))
+    }
+
+    pub fn lane(&self) -> &str {
+        &self.lane
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Records that the lease row was deleted in a transaction of the caller's.
+    pub fn mark_released(&self) {
+        self.renewer.abort();
+        self.released
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Releases the lease now (dropping without release lets it expire instead).
     pub async fn release(self) {
         self.renewer.abort();
+        if self.released.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         if let Err(e) = self.store.release_lease(&self.lane, &self.owner).await {
             tracing::warn!(error = %e, "could not release group lease; it will expire");
         }

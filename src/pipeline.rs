@@ -67,6 +67,9 @@ impl BackendEntry {
 pub enum Disposition {
     /// The outcome is committed (or the message was a duplicate): ack.
     Ack,
+    /// The command cannot be stored: publish it to the dead-letter queue with this
+    /// reason, then ack.
+    DeadLetter(String),
     /// Publish a copy to the retry queue of this delay, then ack.
     Park(Duration),
 }
@@ -74,6 +77,48 @@ pub enum Disposition {
 /// The worker was asked to stop before the command could be settled; do not ack.
 #[derive(Debug)]
 pub struct Interrupted;
+
+/// Why a command could not be settled normally.
+#[derive(Debug)]
+enum Unsettled {
+    Interrupted,
+    /// The database keeps rejecting this command's statements (not a connection
+    /// problem): retrying will not help, so it goes to the dead-letter queue.
+    Poison(String),
+}
+
+/// Database errors that mean "unreachable" or "busy": retried for as long as it takes.
+fn is_connection_error(e: &sea_orm::DbErr) -> bool {
+    matches!(
+        e,
+        sea_orm::DbErr::Conn(_) | sea_orm::DbErr::ConnectionAcquire(_)
+    ) || {
+        let text = e.to_string().to_ascii_lowercase();
+        [
+            "connection",
+            "locked",
+            "busy",
+            "timed out",
+            "pool",
+            "shutting down",
+            "terminating",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle))
+    }
+}
+
+/// Other database errors are retried this often before the command is dead-lettered.
+const POISON_AFTER: u32 = 5;
+
+/// One command under its group lease.
+struct Ctx<'a> {
+    cmd: &'a Command,
+    body: &'a [u8],
+    started_at: chrono::DateTime<Utc>,
+    link: Option<entity::link::Model>,
+    lease: &'a Lease,
+}
 
 /// Everything commands need, shared by all in-flight commands of a process.
 pub struct Pipeline {
@@ -116,22 +161,31 @@ fn subject(cmd: &Command) -> Subject {
 
 impl Pipeline {
     /// Retries a database operation with backoff until it succeeds or the worker aborts.
-    async fn persist<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, Interrupted>
+    async fn persist<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, Unsettled>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, sea_orm::DbErr>>,
     {
         let mut backoff = infra_backoff();
+        let mut rejected = 0;
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
+                    if !is_connection_error(&e) {
+                        rejected += 1;
+                        if rejected >= POISON_AFTER {
+                            return Err(Unsettled::Poison(format!(
+                                "database rejected {what}: {e}"
+                            )));
+                        }
+                    }
                     m::db_error();
                     let wait = backoff.next().unwrap_or(Duration::from_secs(5));
                     warn!(error = %e, ?wait, "database error while {what}; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = self.abort.cancelled() => return Err(Interrupted),
+                        _ = self.abort.cancelled() => return Err(Unsettled::Interrupted),
                     }
                 }
             }
@@ -140,6 +194,18 @@ impl Pipeline {
 
     /// Settles one message body.
     pub async fn process(&self, body: &[u8]) -> Result<Disposition, Interrupted> {
+        match self.process_inner(body).await {
+            Ok(d) => Ok(d),
+            Err(Unsettled::Interrupted) => Err(Interrupted),
+            Err(Unsettled::Poison(reason)) => {
+                tracing::error!(%reason, "cannot store the command; dead-lettering it");
+                m::dead_lettered(ErrorKind::BackendProtocol);
+                Ok(Disposition::DeadLetter(format!("internal_error: {reason}")))
+            }
+        }
+    }
+
+    async fn process_inner(&self, body: &[u8]) -> Result<Disposition, Unsettled> {
         match command::parse(body, self) {
             Err(rejection) => self.reject(&rejection, body).await,
             Ok(cmd) => {
@@ -160,7 +226,7 @@ impl Pipeline {
         }
     }
 
-    async fn reject(&self, rej: &Rejection, body: &[u8]) -> Result<Disposition, Interrupted> {
+    async fn reject(&self, rej: &Rejection, body: &[u8]) -> Result<Disposition, Unsettled> {
         warn!(reason = %rej.reason, command_id = ?rej.command_id.map(|c| c.to_string()), "rejecting command");
         let command_id = rej.command_id.map(|c| c.to_string());
         let mut messages = vec![events::dead_letter(
@@ -226,8 +292,7 @@ impl Pipeline {
         Ok(Disposition::Ack)
     }
 
-    async fn run(&self, cmd: &Command, body: &[u8]) -> Result<Disposition, Interrupted> {
-        let id = cmd.id.to_string();
+    async fn run(&self, cmd: &Command, body: &[u8]) -> Result<Disposition, Unsettled> {
         let row = self
             .persist("recording the command", || self.store.inbox_begin(cmd))
             .await?;
@@ -255,7 +320,7 @@ impl Pipeline {
             debug!("group is busy in another process; parking the command");
             return Ok(Disposition::Park(Duration::from_secs(1)));
         };
-        let result = self.run_leased(cmd, body, &id).await;
+        let result = self.run_leased(cmd, body, row, &lease).await;
         lease.release().await;
         result
     }
@@ -264,28 +329,24 @@ impl Pipeline {
         &self,
         cmd: &Command,
         body: &[u8],
-        id: &str,
-    ) -> Result<Disposition, Interrupted> {
-        // Re-read under the lease: another process may have finished it meanwhile.
-        let row = match self
-            .persist("reading the command", || self.store.inbox_get(id))
-            .await?
-        {
-            Some(row) => row,
-            None => {
-                self.persist("recording the command", || self.store.inbox_begin(cmd))
-                    .await?
-            }
-        };
-        if row.status == store::STATUS_DONE {
-            m::duplicate();
-            return Ok(Disposition::Ack);
-        }
-        let started_at = row.received_at;
+        row: entity::command::Model,
+        lease: &Lease,
+    ) -> Result<Disposition, Unsettled> {
+        // `row` was read before the lease was taken: another process may finish the same
+        // command meanwhile. The conditional updates in `mark_executing` and `complete`
+        // catch that, so no extra read is needed here.
+        let id = row.command_id.as_str();
         let key = GroupKey::of(cmd);
         let stored = self
             .persist("reading the link", || self.store.link_get(&key))
             .await?;
+        let ctx = Ctx {
+            cmd,
+            body,
+            started_at: row.received_at,
+            link: stored.clone(),
+            lease,
+        };
         let stored_code = stored.as_ref().and_then(|l| l.invite_code.clone());
         let now = Utc::now();
 
@@ -298,9 +359,7 @@ impl Pipeline {
             });
             if fresh {
                 info!("link is not due for rotation; skipping");
-                return self
-                    .finish(cmd, body, 0, Outcome::Skipped, None, started_at)
-                    .await;
+                return self.finish(&ctx, 0, Outcome::Skipped, None).await;
             }
         }
 
@@ -309,14 +368,7 @@ impl Pipeline {
             None => {
                 let err = BackendError::new(ErrorKind::UnknownBackend, "backend is not configured");
                 return self
-                    .finish(
-                        cmd,
-                        body,
-                        row.attempts,
-                        Outcome::Failed(err),
-                        None,
-                        started_at,
-                    )
+                    .finish(&ctx, row.attempts, Outcome::Failed(err), None)
                     .await;
             }
         };
@@ -348,9 +400,7 @@ impl Pipeline {
                             "an earlier reset went through; recording it without resetting again"
                         );
                         let outcome = self.rotated(current, row.before_code.clone(), now);
-                        return self
-                            .finish(cmd, body, row.attempts, outcome, None, started_at)
-                            .await;
+                        return self.finish(&ctx, row.attempts, outcome, None).await;
                     }
                     if !interrupted && stored_code.as_deref().is_some_and(|s| s != code) {
                         info!("the link was changed outside the worker");
@@ -360,14 +410,7 @@ impl Pipeline {
                 }
                 Err(e) if !e.is_transient() => {
                     return self
-                        .finish(
-                            cmd,
-                            body,
-                            row.attempts,
-                            Outcome::Failed(e),
-                            None,
-                            started_at,
-                        )
+                        .finish(&ctx, row.attempts, Outcome::Failed(e), None)
                         .await;
                 }
                 Err(e) => {
@@ -390,23 +433,22 @@ impl Pipeline {
                     )
                 });
                 return self
-                    .finish(
-                        cmd,
-                        body,
-                        attempts as i32,
-                        Outcome::Failed(err),
-                        external,
-                        started_at,
-                    )
+                    .finish(&ctx, attempts as i32, Outcome::Failed(err), external)
                     .await;
             }
             attempts += 1;
             tracing::Span::current().record("attempt", attempts);
-            self.persist("recording the attempt", || {
-                self.store
-                    .mark_executing(id, before.as_deref(), attempts as i32)
-            })
-            .await?;
+            let current = self
+                .persist("recording the attempt", || {
+                    self.store
+                        .mark_executing(id, before.as_deref(), attempts as i32)
+                })
+                .await?;
+            if !current {
+                debug!("command was completed elsewhere meanwhile");
+                m::duplicate();
+                return Ok(Disposition::Ack);
+            }
             let reset = entry
                 .call(
                     cmd,
@@ -418,21 +460,12 @@ impl Pipeline {
                 Ok(link) => {
                     info!(code = %link.code.fingerprint(), attempts, "link rotated");
                     let outcome = self.rotated(link, before.clone(), Utc::now());
-                    return self
-                        .finish(cmd, body, attempts as i32, outcome, external, started_at)
-                        .await;
+                    return self.finish(&ctx, attempts as i32, outcome, external).await;
                 }
                 Err(e) if !e.is_transient() || attempts >= self.retry.max_attempts => {
                     warn!(error = %e, attempts, "command failed");
                     return self
-                        .finish(
-                            cmd,
-                            body,
-                            attempts as i32,
-                            Outcome::Failed(e),
-                            external,
-                            started_at,
-                        )
+                        .finish(&ctx, attempts as i32, Outcome::Failed(e), external)
                         .await;
                 }
                 Err(e) => {
@@ -442,7 +475,7 @@ impl Pipeline {
                         debug!(error = %e, ?delay, "transient failure; retrying in place");
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
-                            _ = self.abort.cancelled() => return Err(Interrupted),
+                            _ = self.abort.cancelled() => return Err(Unsettled::Interrupted),
                         }
                         last_error = Some(e);
                         continue;
@@ -482,13 +515,12 @@ impl Pipeline {
 
     async fn finish(
         &self,
-        cmd: &Command,
-        body: &[u8],
+        ctx: &Ctx<'_>,
         attempts: i32,
         outcome: Outcome,
         external_change: Option<(Option<String>, String)>,
-        started_at: chrono::DateTime<Utc>,
-    ) -> Result<Disposition, Interrupted> {
+    ) -> Result<Disposition, Unsettled> {
+        let (cmd, body) = (ctx.cmd, ctx.body);
         let now = Utc::now();
         let exchange = self.topology.events_exchange();
         let subject = subject(cmd);
@@ -529,12 +561,21 @@ impl Pipeline {
             outcome,
             external_change,
             messages,
-            started_at,
+            started_at: ctx.started_at,
+            link: ctx.link.clone(),
+            release_lease: Some((ctx.lease.lane().to_owned(), ctx.lease.owner().to_owned())),
         };
-        self.persist("committing the outcome", || {
-            self.store.complete(&completion)
-        })
-        .await?;
+        let fresh = self
+            .persist("committing the outcome", || {
+                self.store.complete(&completion)
+            })
+            .await?;
+        ctx.lease.mark_released();
+        if !fresh {
+            debug!("command was completed elsewhere meanwhile");
+            m::duplicate();
+            return Ok(Disposition::Ack);
+        }
         m::command_outcome(Some(cmd.kind), label);
         if !completion.messages.is_empty() {
             self.relay_wakeup.notify_one();

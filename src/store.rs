@@ -78,6 +78,10 @@ pub struct Completion<'a> {
     pub external_change: Option<(Option<String>, String)>,
     pub messages: Vec<OutboxMessage>,
     pub started_at: DateTime<Utc>,
+    /// The link row as read under the group lease (nobody else writes it meanwhile).
+    pub link: Option<link::Model>,
+    /// A group lease (lane, owner) to release in the same transaction.
+    pub release_lease: Option<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -157,13 +161,19 @@ impl Store {
             updated_at: Set(t),
             finished_at: Set(None),
         };
-        command::Entity::insert(row)
+        // RETURNING yields no row on conflict, which sea-orm reports as an error of its own.
+        let inserted = command::Entity::insert(row)
             .on_conflict_do_nothing()
-            .exec_without_returning(&self.db)
-            .await?;
-        self.inbox_get(&cmd.id.to_string())
-            .await?
-            .ok_or_else(|| DbErr::RecordNotFound(format!("command {}", cmd.id)))
+            .exec_with_returning(&self.db)
+            .await;
+        match inserted {
+            Ok(sea_orm::TryInsertResult::Inserted(model)) => Ok(model),
+            Ok(_) | Err(DbErr::RecordNotInserted) | Err(DbErr::RecordNotFound(_)) => self
+                .inbox_get(&cmd.id.to_string())
+                .await?
+                .ok_or_else(|| DbErr::RecordNotFound(format!("command {}", cmd.id))),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn inbox_get(&self, command_id: &str) -> Result<Option<command::Model>, DbErr> {
@@ -173,13 +183,14 @@ impl Store {
     }
 
     /// Persists, before a reset call, the code being replaced and the attempt number.
+    /// False when the command is already done (finished by another process meanwhile).
     pub async fn mark_executing(
         &self,
         command_id: &str,
         before_code: Option<&str>,
         attempts: i32,
-    ) -> Result<(), DbErr> {
-        command::Entity::update_many()
+    ) -> Result<bool, DbErr> {
+        let res = command::Entity::update_many()
             .col_expr(command::Column::Status, Expr::value(STATUS_EXECUTING))
             .col_expr(
                 command::Column::BeforeCode,
@@ -188,9 +199,10 @@ impl Store {
             .col_expr(command::Column::Attempts, Expr::value(attempts))
             .col_expr(command::Column::UpdatedAt, Expr::value(now()))
             .filter(command::Column::CommandId.eq(command_id))
+            .filter(command::Column::Status.ne(STATUS_DONE))
             .exec(&self.db)
             .await?;
-        Ok(())
+        Ok(res.rows_affected > 0)
     }
 
     /// Keeps the last transient error of a parked command, for when it comes back.
@@ -251,7 +263,8 @@ impl Store {
     }
 
     /// Commits a command's outcome, link state, history and outbox rows atomically.
-    pub async fn complete(&self, c: &Completion<'_>) -> Result<(), DbErr> {
+    /// Returns false, writing nothing, when the command was already done.
+    pub async fn complete(&self, c: &Completion<'_>) -> Result<bool, DbErr> {
         let t = now();
         let cmd = c.cmd;
         let key = GroupKey::of(cmd);
@@ -268,7 +281,7 @@ impl Store {
         };
         let txn = self.db.begin().await?;
         // The first statement writes, so SQLite takes its write lock up front.
-        command::Entity::update_many()
+        let updated = command::Entity::update_many()
             .col_expr(command::Column::Status, Expr::value(STATUS_DONE))
             .col_expr(command::Column::Outcome, Expr::value(c.outcome.as_str()))
             .col_expr(command::Column::Attempts, Expr::value(c.attempts))
@@ -289,15 +302,14 @@ impl Store {
             .col_expr(command::Column::UpdatedAt, Expr::value(t))
             .col_expr(command::Column::FinishedAt, Expr::value(Some(t)))
             .filter(command::Column::CommandId.eq(&id))
+            .filter(command::Column::Status.ne(STATUS_DONE))
             .exec(&txn)
             .await?;
-
-        let existing = link::Entity::find()
-            .filter(link::Column::Backend.eq(&key.backend))
-            .filter(link::Column::SessionId.eq(&key.session_id))
-            .filter(link::Column::GroupId.eq(&key.group_id))
-            .one(&txn)
-            .await?;
+        if updated.rows_affected == 0 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        let existing = c.link.clone();
         let stored_code = existing.as_ref().and_then(|l| l.invite_code.clone());
 
         if let Some((old, new)) = &c.external_change {
@@ -386,7 +398,15 @@ impl Store {
             link_row.save(&txn).await?;
         }
         insert_outbox(&txn, &c.messages, t).await?;
-        txn.commit().await
+        if let Some((lane, owner)) = &c.release_lease {
+            group_lease::Entity::delete_many()
+                .filter(group_lease::Column::Lane.eq(lane.as_str()))
+                .filter(group_lease::Column::Owner.eq(owner.as_str()))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(true)
     }
 
     /// Commits outbox rows (and, when attributable, an inbox row) for a message that
@@ -403,7 +423,7 @@ impl Store {
                 .on_conflict_do_nothing()
                 .exec_without_returning(&txn)
                 .await?;
-            if matches!(n, sea_orm::TryInsertResult::Conflicted) {
+            if !matches!(n, sea_orm::TryInsertResult::Inserted(k) if k > 0) {
                 txn.rollback().await?;
                 return Ok(false);
             }
@@ -415,34 +435,32 @@ impl Store {
 
     // ---- leases ----
 
-    /// Takes or renews the lease on `lane` for `owner`; false when another owner holds it.
+    /// Takes or renews the lease on `lane` for `owner` in one statement; false when
+    /// another owner holds an unexpired lease.
     pub async fn try_lease(&self, lane: &str, owner: &str, ttl: Duration) -> Result<bool, DbErr> {
         let t = now();
         let until = t + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(30));
-        let res = group_lease::Entity::update_many()
-            .col_expr(group_lease::Column::Owner, Expr::value(owner))
-            .col_expr(group_lease::Column::LeaseUntil, Expr::value(until))
-            .filter(group_lease::Column::Lane.eq(lane))
-            .filter(
-                group_lease::Column::Owner
-                    .eq(owner)
-                    .or(group_lease::Column::LeaseUntil.lt(t)),
-            )
-            .exec(&self.db)
-            .await?;
-        if res.rows_affected > 0 {
-            return Ok(true);
-        }
-        let row = group_lease::ActiveModel {
-            lane: Set(lane.to_owned()),
-            owner: Set(owner.to_owned()),
-            lease_until: Set(until),
+        let backend = self.backend();
+        let sql = match backend {
+            DbBackend::Postgres => {
+                "INSERT INTO group_leases (lane, owner, lease_until) VALUES ($1, $2, $3) \
+                 ON CONFLICT (lane) DO UPDATE SET owner = EXCLUDED.owner, \
+                 lease_until = EXCLUDED.lease_until \
+                 WHERE group_leases.owner = EXCLUDED.owner OR group_leases.lease_until < $4"
+            }
+            _ => {
+                "INSERT INTO group_leases (lane, owner, lease_until) VALUES (?, ?, ?) \
+                 ON CONFLICT (lane) DO UPDATE SET owner = excluded.owner, \
+                 lease_until = excluded.lease_until \
+                 WHERE group_leases.owner = excluded.owner OR group_leases.lease_until < ?"
+            }
         };
-        let ins = group_lease::Entity::insert(row)
-            .on_conflict_do_nothing()
-            .exec_without_returning(&self.db)
+        let values = [lane.into(), owner.into(), until.into(), t.into()];
+        let res = self
+            .db
+            .execute_raw(Statement::from_sql_and_values(backend, sql, values))
             .await?;
-        Ok(matches!(ins, sea_orm::TryInsertResult::Inserted(n) if n > 0))
+        Ok(res.rows_affected() > 0)
     }
 
     pub async fn release_lease(&self, lane: &str, owner: &str) -> Result<(), DbErr> {

@@ -96,6 +96,9 @@ impl Worker {
         .await?;
         store.migrate().await?;
         let world = world.unwrap_or_default();
+        if let Some(latency) = settings.backends.values().find_map(|b| b.latency) {
+            world.set_latency(latency);
+        }
         let mut backends = HashMap::new();
         for (name, b) in &settings.backends {
             let built = backend::build(name, b, &world).map_err(|e| anyhow::anyhow!(e))?;
@@ -287,28 +290,37 @@ async fn handle(pipeline: &Pipeline, publisher: &Publisher, delivery: Delivery) 
             return;
         }
     };
-    if let Disposition::Park(delay) = disposition {
-        let tier = retry_tier(delay);
-        let msg = OutboxMessage {
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.to_string());
+    let copy = match disposition {
+        Disposition::Ack => None,
+        Disposition::Park(delay) => Some(OutboxMessage {
             exchange: String::new(),
-            routing_key: pipeline.topology.retry_queue(tier),
-            message_id: delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.to_string()),
+            routing_key: pipeline.topology.retry_queue(retry_tier(delay)),
+            message_id,
             message_type: None,
             correlation_id: None,
             headers: Vec::new(),
             payload: delivery.data.clone(),
-        };
+        }),
+        Disposition::DeadLetter(reason) => Some(crate::events::dead_letter(
+            &pipeline.topology.dead_queue(),
+            &delivery.data,
+            &reason,
+            message_id,
+        )),
+    };
+    if let Some(msg) = copy {
         let mut backoff = infra_backoff();
         loop {
             match publisher.publish(&msg).await {
                 Ok(()) => break,
                 Err(e) => {
                     let wait = backoff.next().unwrap_or(Duration::from_secs(5));
-                    warn!(error = %e, "could not park the command; retrying");
+                    warn!(error = %e, "could not move the command; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = pipeline.abort.cancelled() => return,

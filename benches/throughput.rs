@@ -1,0 +1,603 @@
+//! Throughput benchmark (`cargo bench --bench throughput`): on the local RabbitMQ and
+//! PostgreSQL it measures, side by side, the broker ceiling (a minimal lapin
+//! publish→consume→publish→ack loop with confirms), the worker end to end on SQLite and
+//! PostgreSQL, the worker at 200 ms backend latency with prefetch 256, and the worker's
+//! memory while it drains a 100,000-command backlog. The worker runs as a child process
+//! (`invite-worker run`) so its peak RSS is its own.
+//!
+//! Environment: `BENCH_COMMANDS` (default 10000), `BENCH_BACKLOG` (default 100000),
+//! `BENCH_SKIP` (comma list of scenario names to skip).
+
+use std::{
+    collections::HashMap,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use invite_worker::{
+    amqp::{Topology, declare},
+    config::QueueType,
+};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
+    types::FieldTable,
+};
+use sea_orm::{ConnectionTrait, Database};
+use uuid::Uuid;
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn skip(name: &str) -> bool {
+    std::env::var("BENCH_SKIP").is_ok_and(|s| s.split(',').any(|x| x.trim() == name))
+}
+
+struct Report {
+    name: String,
+    commands: usize,
+    per_sec: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    peak_rss_mib: Option<f64>,
+    note: String,
+}
+
+async fn channel() -> (Connection, Channel) {
+    let conn = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .expect("amqp");
+    let ch = conn.create_channel().await.expect("channel");
+    (conn, ch)
+}
+
+fn command_body(i: usize, id: Uuid) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "command_id": id.to_string(),
+        "type": "revoke_invite",
+        "session_id": format!("bench-{}", i % 50),
+        "group_id": format!("120363{:012}@g.us", i),
+    }))
+    .unwrap()
+}
+
+/// Publishes `n` commands pipelined with confirms; returns publish instants by id.
+async fn publish_commands(topo: &Topology, n: usize) -> HashMap<String, Instant> {
+    let (conn, ch) = channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut sent = HashMap::with_capacity(n);
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let id = Uuid::new_v4();
+        sent.insert(id.to_string(), Instant::now());
+        let c = ch
+            .basic_publish(
+                topo.commands_exchange().as_str().into(),
+                "command.revoke_invite".into(),
+                BasicPublishOptions::default(),
+                &command_body(i, id),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            )
+            .await
+            .unwrap();
+        pending.push(c);
+        if pending.len() >= 1000 {
+            for c in pending.drain(..) {
+                assert!(c.await.unwrap().is_ack());
+            }
+        }
+    }
+    for c in pending {
+        assert!(c.await.unwrap().is_ack());
+    }
+    let _ = conn.close(200, "OK".into()).await;
+    sent
+}
+
+/// Collects `invite_link.rotated` arrival instants by command_id.
+struct EventSink {
+    arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+    _conn: Connection,
+}
+
+async fn sink(topo: &Topology) -> EventSink {
+    let (conn, ch) = channel().await;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        q.name().clone(),
+        topo.events_exchange().as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let a = arrivals.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
+            if let Some(id) = v["command_id"].as_str() {
+                a.lock().unwrap().insert(id.to_owned(), Instant::now());
+            }
+        }
+    });
+    EventSink {
+        arrivals,
+        _conn: conn,
+    }
+}
+
+impl EventSink {
+    async fn wait_for(&self, n: usize, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while self.arrivals.lock().unwrap().len() < n {
+            if Instant::now() > end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
+fn rss_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    fn spawn(prefix: &str, db_url: &str, prefetch: u16, latency_ms: u64) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_invite-worker"));
+        cmd.arg("run")
+            .env("INVITE_WORKER__AMQP__NAME_PREFIX", prefix)
+            .env("INVITE_WORKER__AMQP__PREFETCH", prefetch.to_string())
+            .env("INVITE_WORKER__DATABASE__URL", db_url)
+            .env("INVITE_WORKER__HTTP__LISTEN", "")
+            .env("INVITE_WORKER__ROTATION__ENABLED", "false")
+            .env("INVITE_WORKER__LOG__FILTER", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if latency_ms > 0 {
+            cmd.env(
+                "INVITE_WORKER__BACKENDS__SIM__LATENCY",
+                format!("{latency_ms}ms"),
+            );
+        }
+        Self {
+            child: cmd.spawn().expect("spawn worker"),
+        }
+    }
+
+    fn peak_rss_mib(&self) -> Option<f64> {
+        rss_kib(self.child.id(), "VmHWM:").map(|k| k as f64 / 1024.0)
+    }
+
+    fn rss_mib(&self) -> Option<f64> {
+        rss_kib(self.child.id(), "VmRSS:").map(|k| k as f64 / 1024.0)
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+async fn cleanup(topo: &Topology) {
+    let (conn, ch) = channel().await;
+    for q in topo.queues() {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for e in topo.exchanges() {
+        let _ = ch
+            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "OK".into()).await;
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    Some(sorted[idx])
+}
+
+struct Database_ {
+    url: String,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn database(kind: &str) -> Database_ {
+    if kind == "sqlite" {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("bench.db").display()
+        );
+        Database_ {
+            url,
+            pg_name: None,
+            _dir: Some(dir),
+        }
+    } else {
+        let name = format!("iw_bench_{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let admin = Database::connect(PG_ADMIN).await.unwrap();
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let _ = admin.close().await;
+        Database_ {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            pg_name: Some(name),
+            _dir: None,
+        }
+    }
+}
+
+impl Database_ {
+    async fn drop_it(self) {
+        if let Some(name) = self.pg_name {
+            let admin = Database::connect(PG_ADMIN).await.unwrap();
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+            let _ = admin.close().await;
+        }
+    }
+}
+
+fn new_topology() -> Topology {
+    Topology::new(&format!(
+        "bench-{}.",
+        &Uuid::new_v4().simple().to_string()[..8]
+    ))
+}
+
+async fn declare_topology(topo: &Topology) {
+    let (conn, ch) = channel().await;
+    declare(&ch, topo, QueueType::Quorum).await.unwrap();
+    let _ = conn.close(200, "OK".into()).await;
+}
+
+/// The broker's ceiling for the worker's message pattern, without database or backend.
+async fn ceiling(n: usize, prefetch: u16) -> Report {
+    let topo = new_topology();
+    declare_topology(&topo).await;
+    let sink = sink(&topo).await;
+    let (conn, consume_ch) = channel().await;
+    let publish_ch = conn.create_channel().await.unwrap();
+    publish_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    consume_ch
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = consume_ch
+        .basic_consume(
+            topo.commands_queue().as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let events = topo.events_exchange();
+    let relay = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut handled = 0;
+        while handled < n {
+            let Some(Ok(d)) = consumer.next().await else {
+                break;
+            };
+            handled += 1;
+            let ch = publish_ch.clone();
+            let events = events.clone();
+            tasks.spawn(async move {
+                let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+                let body = serde_json::to_vec(&serde_json::json!({"command_id": v["command_id"]}))
+                    .unwrap();
+                ch.basic_publish(
+                    events.as_str().into(),
+                    "invite_link.rotated".into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+                d.ack(BasicAckOptions::default()).await.unwrap();
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    });
+    let start = Instant::now();
+    let sent = publish_commands(&topo, n).await;
+    let ok = sink.wait_for(n, Duration::from_secs(600)).await;
+    let elapsed = start.elapsed();
+    let _ = relay.await;
+    let _ = conn.close(200, "OK".into()).await;
+    let report = latency_report(
+        "broker ceiling (no db, no backend)",
+        n,
+        elapsed,
+        &sent,
+        &sink,
+        None,
+        ok,
+    );
+    cleanup(&topo).await;
+    report
+}
+
+fn latency_report(
+    name: &str,
+    n: usize,
+    elapsed: Duration,
+    sent: &HashMap<String, Instant>,
+    sink: &EventSink,
+    rss: Option<f64>,
+    complete: bool,
+) -> Report {
+    let arrivals = sink.arrivals.lock().unwrap();
+    let mut lat: Vec<f64> = sent
+        .iter()
+        .filter_map(|(id, t)| {
+            arrivals
+                .get(id)
+                .map(|a| a.duration_since(*t).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Report {
+        name: name.into(),
+        commands: n,
+        per_sec: arrivals.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+        peak_rss_mib: rss,
+        note: if complete {
+            String::new()
+        } else {
+            format!("INCOMPLETE: {} of {n} events", arrivals.len())
+        },
+    }
+}
+
+async fn worker_run(name: &str, db_kind: &str, n: usize, prefetch: u16, latency_ms: u64) -> Report {
+    let topo = new_topology();
+    declare_topology(&topo).await;
+    let db = database(db_kind).await;
+    let sink = sink(&topo).await;
+    let worker = WorkerProcess::spawn(&topo_prefix(&topo), &db.url, prefetch, latency_ms);
+    // Wait until the worker consumes: a warm-up command round trip.
+    warm_up(&topo, &sink).await;
+    sink.arrivals.lock().unwrap().clear();
+    let start = Instant::now();
+    let sent = publish_commands(&topo, n).await;
+    let ok = sink.wait_for(n, Duration::from_secs(900)).await;
+    let elapsed = start.elapsed();
+    let rss = worker.peak_rss_mib();
+    worker.stop();
+    let report = latency_report(name, n, elapsed, &sent, &sink, rss, ok);
+    cleanup(&topo).await;
+    db.drop_it().await;
+    report
+}
+
+fn topo_prefix(topo: &Topology) -> String {
+    topo.commands_queue()
+        .trim_end_matches("invite_link.commands")
+        .to_owned()
+}
+
+async fn warm_up(topo: &Topology, sink: &EventSink) {
+    let _ = publish_commands(topo, 1).await;
+    assert!(
+        sink.wait_for(1, Duration::from_secs(60)).await,
+        "worker did not come up"
+    );
+}
+
+async fn backlog(n: usize) -> Report {
+    let topo = new_topology();
+    declare_topology(&topo).await;
+    let db = database("postgres").await;
+    let sink = sink(&topo).await;
+    let _ = publish_commands(&topo, n).await;
+    let worker = WorkerProcess::spawn(&topo_prefix(&topo), &db.url, 64, 0);
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    let done = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(r) = worker.rss_mib() {
+            samples.push((sink.arrivals.lock().unwrap().len(), r));
+        }
+        let got = sink.arrivals.lock().unwrap().len();
+        if got >= n {
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(1200) {
+            break false;
+        }
+    };
+    let elapsed = start.elapsed();
+    let peak = worker.peak_rss_mib();
+    worker.stop();
+    let quarter = |q: usize| {
+        samples
+            .get(samples.len() * q / 4)
+            .map(|s| s.1)
+            .unwrap_or(0.0)
+    };
+    let note = format!(
+        "RSS at 0/25/50/75/100% of drain: {:.1}/{:.1}/{:.1}/{:.1}/{:.1} MiB{}",
+        samples.first().map(|s| s.1).unwrap_or(0.0),
+        quarter(1),
+        quarter(2),
+        quarter(3),
+        samples.last().map(|s| s.1).unwrap_or(0.0),
+        if done { "" } else { " INCOMPLETE" }
+    );
+    let report = Report {
+        name: format!("backlog of {n} (postgres)"),
+        commands: n,
+        per_sec: sink.arrivals.lock().unwrap().len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: None,
+        p99_ms: None,
+        peak_rss_mib: peak,
+        note,
+    };
+    cleanup(&topo).await;
+    db.drop_it().await;
+    report
+}
+
+fn print(reports: &[Report], ceiling: Option<f64>) {
+    println!(
+        "\n{:<44} {:>8} {:>10} {:>9} {:>9} {:>10} {:>9}  note",
+        "scenario", "commands", "cmds/s", "p50 ms", "p99 ms", "peak RSS", "vs ceil"
+    );
+    for r in reports {
+        let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+        let ratio = ceiling
+            .filter(|_| !r.name.starts_with("broker"))
+            .map_or("-".into(), |c| format!("{:.0}%", 100.0 * r.per_sec / c));
+        println!(
+            "{:<44} {:>8} {:>10.0} {:>9} {:>9} {:>10} {:>9}  {}",
+            r.name,
+            r.commands,
+            r.per_sec,
+            f(r.p50_ms),
+            f(r.p99_ms),
+            r.peak_rss_mib.map_or("-".into(), |v| format!("{v:.1} MiB")),
+            ratio,
+            r.note
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let n = env_usize("BENCH_COMMANDS", 10_000);
+    let backlog_n = env_usize("BENCH_BACKLOG", 100_000);
+    let mut reports = Vec::new();
+    let mut ceil = None;
+    if !skip("ceiling") {
+        let r = ceiling(n, 64).await;
+        ceil = Some(r.per_sec);
+        reports.push(r);
+        print(&reports, ceil);
+    }
+    if !skip("sqlite") {
+        reports.push(
+            worker_run(
+                "worker, sqlite, 0 ms backend, prefetch 64",
+                "sqlite",
+                n,
+                64,
+                0,
+            )
+            .await,
+        );
+        print(&reports, ceil);
+    }
+    if !skip("postgres") {
+        reports.push(
+            worker_run(
+                "worker, postgres, 0 ms backend, prefetch 64",
+                "postgres",
+                n,
+                64,
+                0,
+            )
+            .await,
+        );
+        print(&reports, ceil);
+    }
+    if !skip("latency") {
+        let m = n.min(5000);
+        let mut r = worker_run(
+            "worker, postgres, 200 ms backend, prefetch 256",
+            "postgres",
+            m,
+            256,
+            200,
+        )
+        .await;
+        let ideal = 256.0 / 0.2;
+        r.note = format!(
+            "{} ideal prefetch/latency = {ideal:.0}/s ({:.0}%); per command read+reset = 2 requests: {:.0}/s ({:.0}%)",
+            r.note,
+            100.0 * r.per_sec / ideal,
+            ideal / 2.0,
+            100.0 * r.per_sec / (ideal / 2.0)
+        );
+        reports.push(r);
+        print(&reports, ceil);
+    }
+    if !skip("backlog") {
+        reports.push(backlog(backlog_n).await);
+    }
+    print(&reports, ceil);
+}
