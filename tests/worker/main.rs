@@ -2,5 +2,7 @@
 //! in-process simulator as the backend.
 
 mod helpers;
+mod operations;
 mod pipeline;
 mod providers;
+mod secrets;
