@@ -10,7 +10,10 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::backend::BackendKind;
+use crate::{
+    backend::BackendKind,
+    command::{BackendResolver, GroupIdStyle},
+};
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
 pub const ENV_PREFIX: &str = "INVITE_WORKER__";
@@ -518,17 +521,61 @@ impl Settings {
         Ok(())
     }
 
-    /// The settings as TOML with secrets redacted (for `config check`).
+    /// The settings as TOML with secrets redacted (for `config check`): tokens are
+    /// `[redacted]`, connection URLs show everything but their password.
     pub fn redacted_toml(&self) -> String {
-        toml_string(self)
+        // `Secret` serialises as "[redacted]"; unset options are left out.
+        let mut doc = match toml::Table::try_from(self) {
+            Ok(doc) => doc,
+            Err(e) => return format!("# cannot render the settings: {e}\n"),
+        };
+        for (section, url) in [("amqp", &self.amqp.url), ("database", &self.database.url)] {
+            if let Some(t) = doc.get_mut(section).and_then(|v| v.as_table_mut()) {
+                t.insert("url".into(), redact_url(url.expose()).into());
+            }
+        }
+        toml::to_string_pretty(&doc).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 
-fn toml_string(s: &Settings) -> String {
-    let value = figment::value::Value::serialize(s).ok();
-    match value.and_then(|v| v.into_dict()) {
-        Some(dict) => format!("{dict:#?}"),
-        None => String::new(),
+/// `scheme://user:[redacted]@host/path`: the password of a connection URL masked, and the
+/// whole query when it may carry one.
+fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) if q.to_ascii_lowercase().contains("pass") => (b, Some(REDACTED)),
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let authority = match authority.rsplit_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{user}:{REDACTED}@{host}"),
+                    None => format!("{userinfo}@{host}"),
+                },
+                None => authority.to_owned(),
+            };
+            format!("{scheme}://{authority}{path}")
+        }
+        None => base.to_owned(),
+    };
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+const REDACTED: &str = "[redacted]";
+
+impl BackendResolver for Settings {
+    fn default_backend(&self) -> &str {
+        &self.default_backend
+    }
+
+    fn group_style(&self, backend: &str) -> Option<GroupIdStyle> {
+        self.backends.get(backend).map(|b| b.kind.group_style())
     }
 }
 
@@ -666,7 +713,42 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
-        assert!(!s.redacted_toml().contains("hunter2"));
+        let dump = s.redacted_toml();
+        assert!(!dump.contains("hunter2"), "{dump}");
+        assert!(dump.contains("token = \"[redacted]\""), "{dump}");
+        // The dump is real TOML that reads back as settings.
+        let back: Settings = toml::from_str(&dump).expect(&dump);
+        assert_eq!(back.backends["acme"].kind, BackendKind::Waha);
+        assert_eq!(back.rotation.lead, s.rotation.lead);
+        assert_eq!(
+            back.amqp.url.expose(),
+            "amqp://guest:[redacted]@127.0.0.1:5672/%2f"
+        );
+    }
+
+    #[test]
+    fn connection_urls_lose_only_their_password() {
+        for (url, shown) in [
+            (
+                "postgres://u:p4ss@db:5432/iw",
+                "postgres://u:[redacted]@db:5432/iw",
+            ),
+            (
+                "postgres://u@db/iw?sslmode=require",
+                "postgres://u@db/iw?sslmode=require",
+            ),
+            (
+                "postgres://db/iw?user=u&password=p4ss",
+                "postgres://db/iw?[redacted]",
+            ),
+            ("amqps://u:p:4ss@mq/%2f", "amqps://u:[redacted]@mq/%2f"),
+            (
+                "sqlite://invite-worker.db?mode=rwc",
+                "sqlite://invite-worker.db?mode=rwc",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
     }
 
     #[test]

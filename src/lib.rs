@@ -5,6 +5,7 @@ pub mod amqp;
 pub mod backend;
 pub mod command;
 pub mod config;
+pub mod dead_letters;
 pub mod events;
 pub mod http;
 pub mod lanes;

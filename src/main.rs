@@ -1,14 +1,17 @@
 //! The `invite-worker` binary: parses the CLI, loads configuration, sets up logging and
-//! calls into the library. Exit codes: 0 success, 2 usage or configuration, 1 otherwise.
+//! calls into the library. Exit codes: 0 success, 2 usage or configuration, 1 otherwise
+//! (including a bulk send with rejected lines and a replay that left selected messages).
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use invite_worker::{
-    command::{CommandType, GroupId, SessionId},
+    command::CommandType,
     config::Settings,
+    dead_letters::{self, Selection},
     links,
-    send::{self, CommandSpec},
+    send::{self, BulkDefaults, CommandSpec},
     store::{GroupKey, Store},
     telemetry,
     worker::Worker,
@@ -42,6 +45,9 @@ enum Cmd {
     /// Inspect tracked links.
     #[command(subcommand)]
     Links(LinksCmd),
+    /// Inspect and replay dead-lettered commands.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCmd),
     /// Run the provider simulator.
     Simulate {
         #[arg(long, default_value = "127.0.0.1:9470")]
@@ -65,18 +71,28 @@ enum SendCmd {
 
 #[derive(Args)]
 struct SendArgs {
-    #[arg(long)]
-    session: String,
-    #[arg(long)]
-    group: String,
+    /// Provider session, instance or phone-number id.
+    #[arg(long, required_unless_present = "from_file")]
+    session: Option<String>,
+    /// Group JID (`<digits>@g.us`), or the opaque group id for meta_cloud.
+    #[arg(long, required_unless_present = "from_file")]
+    group: Option<String>,
+    /// Backend name (default: `default_backend`); with --from-file, for lines naming none.
     #[arg(long)]
     backend: Option<String>,
+    /// Why, copied into events; with --from-file, for lines giving none.
     #[arg(long)]
     reason: Option<String>,
+    /// Who asked, copied into events.
     #[arg(long)]
     requested_by: Option<String>,
-    #[arg(long)]
+    /// Idempotency key (default: a new UUID).
+    #[arg(long, conflicts_with = "from_file")]
     command_id: Option<Uuid>,
+    /// Publish one command per line of FILE (`-` for stdin): CSV
+    /// `session,group[,backend,reason]` or JSON lines; bad lines are reported and skipped.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["session", "group"])]
+    from_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -96,6 +112,29 @@ enum LinksCmd {
         backend: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLettersCmd {
+    /// Dead-lettered commands and why; the queue is left as it was.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move dead-lettered commands back to the commands exchange with a fresh attempt
+    /// budget. Commands that would be rejected again stay.
+    Replay {
+        /// Replay this command (repeatable).
+        #[arg(
+            long = "command-id",
+            value_name = "ID",
+            required_unless_present = "all"
+        )]
+        command_id: Vec<Uuid>,
+        /// Replay every dead-lettered command.
+        #[arg(long, conflicts_with = "command_id")]
+        all: bool,
     },
 }
 
@@ -174,10 +213,61 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 SendCmd::Revoke(a) => (CommandType::RevokeInvite, a),
                 SendCmd::Rotate(a) => (CommandType::RotateExpiringLink, a),
             };
-            let spec = validate_send(&settings, kind, args)?;
-            let ids = send::publish(&settings, &[spec]).await?;
-            for id in ids {
-                println!("{id}");
+            match args.from_file.clone() {
+                Some(path) => send_bulk(&settings, kind, args, &path).await?,
+                None => {
+                    let spec = validate_send(&settings, kind, args)?;
+                    let ids = send::publish(&settings, &[spec])
+                        .await
+                        .map_err(anyhow::Error::from)?;
+                    for id in ids {
+                        println!("{id}");
+                    }
+                }
+            }
+        }
+        Cmd::DeadLetters(DeadLettersCmd::List { json }) => {
+            let letters = dead_letters::list(&settings)
+                .await
+                .map_err(anyhow::Error::from)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&letters).unwrap_or_default()
+                );
+            } else {
+                print!("{}", dead_letters::render(&letters));
+            }
+        }
+        Cmd::DeadLetters(DeadLettersCmd::Replay { command_id, all }) => {
+            let selection = if all {
+                Selection::All
+            } else {
+                Selection::Ids(command_id)
+            };
+            let store = Store::connect(settings.database.url.expose(), 1).await?;
+            store.migrate().await?;
+            let report = dead_letters::replay(&settings, &store, &selection)
+                .await
+                .map_err(anyhow::Error::from)?;
+            store.close().await;
+            for (what, why) in &report.kept {
+                eprintln!("{what}: left in the dead-letter queue: {why}");
+            }
+            for id in &report.not_found {
+                eprintln!("{id}: not in the dead-letter queue");
+            }
+            print!("replayed {}", report.replayed.len());
+            if report.duplicates_removed > 0 {
+                print!(" ({} duplicate copies removed)", report.duplicates_removed);
+            }
+            println!();
+            let missed = report.kept.len() + report.not_found.len();
+            if missed > 0 {
+                return Err(Failure {
+                    code: 1,
+                    message: format!("{missed} selected dead letter(s) not replayed"),
+                });
             }
         }
         Cmd::Links(cmd) => {
@@ -237,30 +327,77 @@ fn validate_send(
     kind: CommandType,
     a: SendArgs,
 ) -> Result<CommandSpec, Failure> {
-    SessionId::parse(&a.session).map_err(|e| usage(format!("--session: {e}")))?;
-    let backend = a
-        .backend
-        .clone()
-        .unwrap_or_else(|| settings.default_backend.clone());
-    let style = settings
-        .backends
-        .get(&backend)
-        .map(|b| b.kind.group_style())
-        .ok_or_else(|| {
-            usage(format!(
-                "--backend: {backend:?} is not a configured backend"
-            ))
-        })?;
-    GroupId::parse(&a.group, style).map_err(|e| usage(format!("--group: {e}")))?;
-    Ok(CommandSpec {
+    let (Some(session), Some(group)) = (a.session, a.group) else {
+        return Err(usage("--session and --group are required"));
+    };
+    let spec = CommandSpec {
         kind,
-        session: a.session,
-        group: a.group,
+        session,
+        group,
         backend: a.backend,
         reason: a.reason,
         requested_by: a.requested_by,
         command_id: a.command_id,
-    })
+    };
+    spec.validate(settings)
+        .map_err(|e| usage(format!("--{}: {}", e.field.replace('_', "-"), e.message)))?;
+    Ok(spec)
+}
+
+/// `send --from-file`: reports bad lines on stderr, publishes the rest with a progress
+/// bar on a terminal, prints `published N, rejected M`; exit 1 when any line was rejected.
+async fn send_bulk(
+    settings: &Settings,
+    kind: CommandType,
+    a: SendArgs,
+    path: &std::path::Path,
+) -> Result<(), Failure> {
+    let input = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|e| usage(format!("--from-file {}: {e}", path.display())))?;
+    let defaults = BulkDefaults {
+        backend: a.backend,
+        reason: a.reason,
+        requested_by: a.requested_by,
+    };
+    let bulk = send::parse_bulk(&input, kind, &defaults, settings);
+    for e in &bulk.rejected {
+        eprintln!("line {}: {}", e.line, e.message);
+    }
+    let specs: Vec<CommandSpec> = bulk.specs.into_iter().map(|(_, s)| s).collect();
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(specs.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} published {per_sec}") {
+        bar.set_style(style);
+    }
+    let results = if specs.is_empty() {
+        Ok(Vec::new())
+    } else {
+        send::publish_batched(settings, &specs, |n| bar.inc(n as u64)).await
+    };
+    bar.finish_and_clear();
+    let results = results.map_err(anyhow::Error::from)?;
+    let nacked = results.iter().filter(|(_, ok)| !ok).count();
+    let published = results.len() - nacked;
+    let rejected = bulk.rejected.len();
+    if nacked > 0 {
+        println!("published {published}, rejected {rejected}, refused by the broker {nacked}");
+    } else {
+        println!("published {published}, rejected {rejected}");
+    }
+    if rejected + nacked > 0 {
+        return Err(Failure {
+            code: 1,
+            message: format!("{} line(s) not published", rejected + nacked),
+        });
+    }
+    Ok(())
 }
 
 async fn stop_on_signal(token: CancellationToken) {

@@ -26,9 +26,31 @@ pub fn install() -> PrometheusHandle {
                 .unwrap_or_else(|| PrometheusBuilder::new().build_recorder().handle());
             describe();
             gauge!("invite_worker_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            register_unlabelled();
             handle
         })
         .clone()
+}
+
+/// Registers the series without labels at zero so that they exist (for dashboards and
+/// `absent()`-free alerts) before their first event. Adding 0 never resets a value.
+fn register_unlabelled() {
+    for name in [
+        "invite_worker_retries_scheduled_total",
+        "invite_worker_rate_limit_waits_total",
+        "invite_worker_duplicates_total",
+        "invite_worker_db_errors_total",
+        "invite_worker_events_published_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    for name in [
+        "invite_worker_commands_in_flight",
+        "invite_worker_outbox_pending",
+        "invite_worker_outbox_oldest_age_seconds",
+    ] {
+        gauge!(name).increment(0.0);
+    }
 }
 
 fn describe() {

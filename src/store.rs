@@ -23,6 +23,8 @@ use crate::{
 pub const STATUS_RECEIVED: &str = "received";
 pub const STATUS_EXECUTING: &str = "executing";
 pub const STATUS_DONE: &str = "done";
+/// History outcome recording an operator's replay from the dead-letter queue.
+pub const OUTCOME_REPLAYED: &str = "replayed";
 
 /// The identity of a group on a backend; also the lane key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -230,27 +232,47 @@ impl Store {
 
     /// Starts a new attempt cycle for a failed command (operator replay).
     pub async fn reopen_failed(&self, command_id: &str) -> Result<bool, DbErr> {
-        let res = command::Entity::update_many()
-            .col_expr(command::Column::Status, Expr::value(STATUS_RECEIVED))
-            .col_expr(
-                command::Column::Outcome,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(command::Column::Attempts, Expr::value(0))
-            .col_expr(
-                command::Column::Cycle,
-                Expr::col(command::Column::Cycle).add(1),
-            )
-            .col_expr(
-                command::Column::EventId,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(command::Column::UpdatedAt, Expr::value(now()))
-            .filter(command::Column::CommandId.eq(command_id))
-            .filter(command::Column::Outcome.eq("failed"))
-            .exec(&self.db)
+        reopen_failed_on(&self.db, command_id).await
+    }
+
+    /// [`Store::reopen_failed`] plus a `replayed` history row for the command's group,
+    /// in one transaction. False when the command is not recorded as failed.
+    pub async fn replay_failed(&self, command_id: &str) -> Result<bool, DbErr> {
+        let txn = self.db.begin().await?;
+        if !reopen_failed_on(&txn, command_id).await? {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        let Some(row) = command::Entity::find_by_id(command_id.to_owned())
+            .one(&txn)
+            .await?
+        else {
+            txn.rollback().await?;
+            return Ok(false);
+        };
+        let trigger = crate::command::CommandType::parse(&row.command_type).map(|k| k.trigger());
+        let entry = history::ActiveModel {
+            backend: Set(row.backend),
+            session_id: Set(row.session_id),
+            group_id: Set(row.group_id),
+            command_id: Set(Some(row.command_id)),
+            command_type: Set(Some(row.command_type)),
+            trigger: Set(trigger.map(str::to_owned)),
+            outcome: Set(OUTCOME_REPLAYED.to_owned()),
+            attempts: Set(0),
+            old_code: Set(None),
+            new_code: Set(None),
+            error_kind: Set(None),
+            error_message: Set(None),
+            started_at: Set(None),
+            occurred_at: Set(now()),
+            ..Default::default()
+        };
+        history::Entity::insert(entry)
+            .exec_without_returning(&txn)
             .await?;
-        Ok(res.rows_affected > 0)
+        txn.commit().await?;
+        Ok(true)
     }
 
     pub async fn link_get(&self, key: &GroupKey) -> Result<Option<link::Model>, DbErr> {
@@ -643,6 +665,30 @@ impl Store {
             .count(&self.db)
             .await
     }
+}
+
+async fn reopen_failed_on<C: ConnectionTrait>(db: &C, command_id: &str) -> Result<bool, DbErr> {
+    let res = command::Entity::update_many()
+        .col_expr(command::Column::Status, Expr::value(STATUS_RECEIVED))
+        .col_expr(
+            command::Column::Outcome,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(command::Column::Attempts, Expr::value(0))
+        .col_expr(
+            command::Column::Cycle,
+            Expr::col(command::Column::Cycle).add(1),
+        )
+        .col_expr(
+            command::Column::EventId,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(command::Column::UpdatedAt, Expr::value(now()))
+        .filter(command::Column::CommandId.eq(command_id))
+        .filter(command::Column::Outcome.eq("failed"))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected > 0)
 }
 
 struct HistoryCmd<'a> {

@@ -269,6 +269,65 @@ impl TestEnv {
         out
     }
 
+    /// Environment overrides that point the `invite-worker` binary at this environment's
+    /// broker names and database, with the HTTP endpoints and the scheduler off.
+    pub fn cli_env(&self) -> Vec<(String, String)> {
+        let s = &self.settings;
+        [
+            ("AMQP__URL", s.amqp.url.expose().to_owned()),
+            ("AMQP__NAME_PREFIX", s.amqp.name_prefix.clone()),
+            ("AMQP__QUEUE_TYPE", "classic".to_owned()),
+            ("DATABASE__URL", s.database.url.expose().to_owned()),
+            ("HTTP__LISTEN", String::new()),
+            ("ROTATION__ENABLED", "false".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("INVITE_WORKER__{k}"), v))
+        .collect()
+    }
+
+    /// A `tokio::process::Command` for the binary with [`TestEnv::cli_env`] applied.
+    pub fn cli_command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_invite-worker"));
+        cmd.args(args)
+            .envs(self.cli_env())
+            .env_remove("RUST_LOG")
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    /// Runs the binary to completion: (exit code, stdout, stderr).
+    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = tokio::time::timeout(Duration::from_secs(60), self.cli_command(args).output())
+            .await
+            .expect("the CLI finishes within 60s")
+            .expect("run the CLI");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Messages ready in one of this environment's queues.
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        let (conn, ch) = self.channel().await;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        let _ = conn.close(200, "OK".into()).await;
+        q.message_count()
+    }
+
     async fn cleanup(topology: Topology, pg_db: Option<String>) {
         if let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await {
             if let Ok(ch) = conn.create_channel().await {
@@ -437,4 +496,12 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
 }

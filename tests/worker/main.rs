@@ -2,6 +2,8 @@
 //! in-process simulator as the backend.
 
 mod helpers;
+mod operations;
 mod pipeline;
 mod providers;
 mod scheduler;
+mod secrets;
