@@ -19,4 +19,5 @@ pub mod send;
 pub mod simulator;
 pub mod store;
 pub mod telemetry;
+pub mod watch;
 pub mod worker;

@@ -59,6 +59,12 @@ enum Cmd {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Print events as JSON lines as they are published (a private temporary queue).
+    Watch {
+        /// Routing-key pattern, e.g. `invite_link.rotation_failed`.
+        #[arg(long, default_value = "#")]
+        pattern: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -313,6 +319,11 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             tokio::spawn(stop_on_signal(shutdown.clone()));
             invite_worker::simulator::http::run_simulate(listen, token, shutdown.cancelled_owned())
                 .await?;
+        }
+        Cmd::Watch { pattern } => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            invite_worker::watch::watch(&settings, &pattern, shutdown.cancelled_owned()).await?;
         }
         Cmd::Config(ConfigCmd::Check) => {
             println!("# configuration is valid; effective settings (secrets redacted):");
