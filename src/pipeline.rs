@@ -124,6 +124,8 @@ struct Ctx<'a> {
 pub struct Pipeline {
     pub settings: Arc<Settings>,
     pub store: Store,
+    /// Group commit of outcomes.
+    pub commits: store::CommitQueue,
     pub topology: Topology,
     pub backends: HashMap<String, BackendEntry>,
     pub lanes: Lanes,
@@ -555,8 +557,8 @@ impl Pipeline {
             m::dead_lettered(e.kind);
         }
         let label = outcome.as_str();
-        let completion = Completion {
-            cmd,
+        let completion = Arc::new(Completion {
+            cmd: cmd.clone(),
             attempts,
             outcome,
             external_change,
@@ -564,10 +566,10 @@ impl Pipeline {
             started_at: ctx.started_at,
             link: ctx.link.clone(),
             release_lease: Some((ctx.lease.lane().to_owned(), ctx.lease.owner().to_owned())),
-        };
+        });
         let fresh = self
             .persist("committing the outcome", || {
-                self.store.complete(&completion)
+                self.commits.complete(completion.clone())
             })
             .await?;
         ctx.lease.mark_released();

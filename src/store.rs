@@ -1,7 +1,7 @@
 //! Persistence over the `entity` tables: the command inbox, tracked links, history,
 //! the outbox and group leases. Each outcome commits in one transaction.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use entity::{command, group_lease, history, link, outbox};
@@ -72,8 +72,8 @@ impl Outcome {
 }
 
 /// Everything one command's final transaction writes.
-pub struct Completion<'a> {
-    pub cmd: &'a Command,
+pub struct Completion {
+    pub cmd: Command,
     pub attempts: i32,
     pub outcome: Outcome,
     /// A code read from the backend that differed from the stored one: (stored, read).
@@ -286,151 +286,189 @@ impl Store {
 
     /// Commits a command's outcome, link state, history and outbox rows atomically.
     /// Returns false, writing nothing, when the command was already done.
-    pub async fn complete(&self, c: &Completion<'_>) -> Result<bool, DbErr> {
-        let t = now();
-        let cmd = c.cmd;
-        let key = GroupKey::of(cmd);
-        let id = cmd.id.to_string();
-        let event_id = c
-            .messages
-            .iter()
-            .find(|m| !m.exchange.is_empty())
-            .and_then(|m| m.message_id.clone());
-        let (new_code, err) = match &c.outcome {
-            Outcome::Rotated { link, .. } => (Some(link.code.as_str().to_owned()), None),
-            Outcome::Failed(e) => (None, Some(e.clone())),
-            Outcome::Skipped => (None, None),
-        };
+    pub async fn complete(&self, c: &Completion) -> Result<bool, DbErr> {
         let txn = self.db.begin().await?;
-        // The first statement writes, so SQLite takes its write lock up front.
-        let updated = command::Entity::update_many()
-            .col_expr(command::Column::Status, Expr::value(STATUS_DONE))
-            .col_expr(command::Column::Outcome, Expr::value(c.outcome.as_str()))
-            .col_expr(command::Column::Attempts, Expr::value(c.attempts))
-            .col_expr(command::Column::NewCode, Expr::value(new_code.clone()))
-            .col_expr(
-                command::Column::ErrorKind,
-                Expr::value(err.as_ref().map(|e| e.kind.as_str())),
-            )
-            .col_expr(
-                command::Column::ErrorMessage,
-                Expr::value(err.as_ref().map(|e| e.message.clone())),
-            )
-            .col_expr(
-                command::Column::HttpStatus,
-                Expr::value(err.as_ref().and_then(|e| e.http_status).map(i32::from)),
-            )
-            .col_expr(command::Column::EventId, Expr::value(event_id))
-            .col_expr(command::Column::UpdatedAt, Expr::value(t))
-            .col_expr(command::Column::FinishedAt, Expr::value(Some(t)))
-            .filter(command::Column::CommandId.eq(&id))
-            .filter(command::Column::Status.ne(STATUS_DONE))
-            .exec(&txn)
-            .await?;
-        if updated.rows_affected == 0 {
+        if write_completion(&txn, c).await? {
+            txn.commit().await?;
+            Ok(true)
+        } else {
             txn.rollback().await?;
-            return Ok(false);
+            Ok(false)
         }
-        let existing = c.link.clone();
-        let stored_code = existing.as_ref().and_then(|l| l.invite_code.clone());
+    }
 
-        if let Some((old, new)) = &c.external_change {
-            insert_history(
-                &txn,
-                &key,
-                None,
-                "external_change",
-                0,
-                old.clone(),
-                Some(new.clone()),
-                None,
-                t,
-            )
-            .await?;
+    /// Commits several outcomes in one transaction (group commit). When the batch fails,
+    /// each is committed on its own so that one bad row cannot hold back the others.
+    pub async fn complete_many(&self, batch: &[Arc<Completion>]) -> Vec<Result<bool, DbErr>> {
+        if batch.len() == 1 {
+            return vec![self.complete(&batch[0]).await];
         }
-        let old_code = match &c.outcome {
-            Outcome::Rotated { previous_code, .. } => previous_code.clone(),
-            _ => c
-                .external_change
-                .as_ref()
-                .map(|(_, new)| new.clone())
-                .or(stored_code),
+        let together = async {
+            let txn = self.db.begin().await?;
+            let mut fresh = Vec::with_capacity(batch.len());
+            for c in batch {
+                fresh.push(write_completion(&txn, c).await?);
+            }
+            txn.commit().await?;
+            Ok::<_, DbErr>(fresh)
         };
-        let hist = HistoryCmd {
-            cmd,
-            started_at: c.started_at,
-        };
+        match together.await {
+            Ok(fresh) => fresh.into_iter().map(Ok).collect(),
+            Err(_) => {
+                let mut out = Vec::with_capacity(batch.len());
+                for c in batch {
+                    out.push(self.complete(c).await);
+                }
+                out
+            }
+        }
+    }
+}
+
+/// The statements of one outcome; false (nothing written) when the command was done.
+async fn write_completion<C: ConnectionTrait>(txn: &C, c: &Completion) -> Result<bool, DbErr> {
+    let t = now();
+    let cmd = &c.cmd;
+    let key = GroupKey::of(cmd);
+    let id = cmd.id.to_string();
+    let event_id = c
+        .messages
+        .iter()
+        .find(|m| !m.exchange.is_empty())
+        .and_then(|m| m.message_id.clone());
+    let (new_code, err) = match &c.outcome {
+        Outcome::Rotated { link, .. } => (Some(link.code.as_str().to_owned()), None),
+        Outcome::Failed(e) => (None, Some(e.clone())),
+        Outcome::Skipped => (None, None),
+    };
+    // The first statement writes, so SQLite takes its write lock up front.
+    let updated = command::Entity::update_many()
+        .col_expr(command::Column::Status, Expr::value(STATUS_DONE))
+        .col_expr(command::Column::Outcome, Expr::value(c.outcome.as_str()))
+        .col_expr(command::Column::Attempts, Expr::value(c.attempts))
+        .col_expr(command::Column::NewCode, Expr::value(new_code.clone()))
+        .col_expr(
+            command::Column::ErrorKind,
+            Expr::value(err.as_ref().map(|e| e.kind.as_str())),
+        )
+        .col_expr(
+            command::Column::ErrorMessage,
+            Expr::value(err.as_ref().map(|e| e.message.clone())),
+        )
+        .col_expr(
+            command::Column::HttpStatus,
+            Expr::value(err.as_ref().and_then(|e| e.http_status).map(i32::from)),
+        )
+        .col_expr(command::Column::EventId, Expr::value(event_id))
+        .col_expr(command::Column::UpdatedAt, Expr::value(t))
+        .col_expr(command::Column::FinishedAt, Expr::value(Some(t)))
+        .filter(command::Column::CommandId.eq(&id))
+        .filter(command::Column::Status.ne(STATUS_DONE))
+        .exec(txn)
+        .await?;
+    if updated.rows_affected == 0 {
+        return Ok(false);
+    }
+    let existing = c.link.clone();
+    let stored_code = existing.as_ref().and_then(|l| l.invite_code.clone());
+
+    if let Some((old, new)) = &c.external_change {
         insert_history(
-            &txn,
+            txn,
             &key,
-            Some(&hist),
-            c.outcome.as_str(),
-            c.attempts,
-            old_code,
-            new_code.clone(),
-            err.as_ref(),
+            None,
+            "external_change",
+            0,
+            old.clone(),
+            Some(new.clone()),
+            None,
             t,
         )
         .await?;
-
-        let mut link_row: link::ActiveModel = match existing {
-            Some(m) => m.into(),
-            None => link::ActiveModel {
-                backend: Set(key.backend.clone()),
-                session_id: Set(key.session_id.clone()),
-                group_id: Set(key.group_id.clone()),
-                invite_code: Set(None),
-                issued_at: Set(None),
-                expires_at: Set(None),
-                expires_at_source: Set(None),
-                rotation_count: Set(0),
-                last_command_id: Set(None),
-                last_rotated_at: Set(None),
-                updated_at: Set(t),
-                ..Default::default()
-            },
-        };
-        let mut touch_link = false;
-        if let Some((_, new)) = &c.external_change {
-            link_row.invite_code = Set(Some(new.clone()));
-            touch_link = true;
-        }
-        if let Outcome::Rotated {
-            link,
-            expires_at,
-            source,
-            ..
-        } = &c.outcome
-        {
-            let count = match &link_row.rotation_count {
-                sea_orm::ActiveValue::Set(n) | sea_orm::ActiveValue::Unchanged(n) => *n,
-                sea_orm::ActiveValue::NotSet => 0,
-            };
-            link_row.invite_code = Set(Some(link.code.as_str().to_owned()));
-            link_row.issued_at = Set(Some(t));
-            link_row.expires_at = Set(Some(*expires_at));
-            link_row.expires_at_source = Set(Some(source.as_str().to_owned()));
-            link_row.rotation_count = Set(count + 1);
-            link_row.last_command_id = Set(Some(id.clone()));
-            link_row.last_rotated_at = Set(Some(t));
-            touch_link = true;
-        }
-        if touch_link {
-            link_row.updated_at = Set(t);
-            link_row.save(&txn).await?;
-        }
-        insert_outbox(&txn, &c.messages, t).await?;
-        if let Some((lane, owner)) = &c.release_lease {
-            group_lease::Entity::delete_many()
-                .filter(group_lease::Column::Lane.eq(lane.as_str()))
-                .filter(group_lease::Column::Owner.eq(owner.as_str()))
-                .exec(&txn)
-                .await?;
-        }
-        txn.commit().await?;
-        Ok(true)
     }
+    let old_code = match &c.outcome {
+        Outcome::Rotated { previous_code, .. } => previous_code.clone(),
+        _ => c
+            .external_change
+            .as_ref()
+            .map(|(_, new)| new.clone())
+            .or(stored_code),
+    };
+    let hist = HistoryCmd {
+        cmd,
+        started_at: c.started_at,
+    };
+    insert_history(
+        txn,
+        &key,
+        Some(&hist),
+        c.outcome.as_str(),
+        c.attempts,
+        old_code,
+        new_code.clone(),
+        err.as_ref(),
+        t,
+    )
+    .await?;
 
+    let mut link_row: link::ActiveModel = match existing {
+        Some(m) => m.into(),
+        None => link::ActiveModel {
+            backend: Set(key.backend.clone()),
+            session_id: Set(key.session_id.clone()),
+            group_id: Set(key.group_id.clone()),
+            invite_code: Set(None),
+            issued_at: Set(None),
+            expires_at: Set(None),
+            expires_at_source: Set(None),
+            rotation_count: Set(0),
+            last_command_id: Set(None),
+            last_rotated_at: Set(None),
+            updated_at: Set(t),
+            ..Default::default()
+        },
+    };
+    let mut touch_link = false;
+    if let Some((_, new)) = &c.external_change {
+        link_row.invite_code = Set(Some(new.clone()));
+        touch_link = true;
+    }
+    if let Outcome::Rotated {
+        link,
+        expires_at,
+        source,
+        ..
+    } = &c.outcome
+    {
+        let count = match &link_row.rotation_count {
+            sea_orm::ActiveValue::Set(n) | sea_orm::ActiveValue::Unchanged(n) => *n,
+            sea_orm::ActiveValue::NotSet => 0,
+        };
+        link_row.invite_code = Set(Some(link.code.as_str().to_owned()));
+        link_row.issued_at = Set(Some(t));
+        link_row.expires_at = Set(Some(*expires_at));
+        link_row.expires_at_source = Set(Some(source.as_str().to_owned()));
+        link_row.rotation_count = Set(count + 1);
+        link_row.last_command_id = Set(Some(id.clone()));
+        link_row.last_rotated_at = Set(Some(t));
+        touch_link = true;
+    }
+    if touch_link {
+        link_row.updated_at = Set(t);
+        link_row.save(txn).await?;
+    }
+    insert_outbox(txn, &c.messages, t).await?;
+    if let Some((lane, owner)) = &c.release_lease {
+        group_lease::Entity::delete_many()
+            .filter(group_lease::Column::Lane.eq(lane.as_str()))
+            .filter(group_lease::Column::Owner.eq(owner.as_str()))
+            .exec(txn)
+            .await?;
+    }
+    Ok(true)
+}
+
+impl Store {
     /// Commits outbox rows (and, when attributable, an inbox row) for a message that
     /// could not become a command. Returns false when its command_id was already seen.
     pub async fn record_rejection(
@@ -764,4 +802,54 @@ async fn insert_outbox<C: ConnectionTrait>(
         .exec_without_returning(db)
         .await?;
     Ok(())
+}
+
+type CommitRequest = (
+    Arc<Completion>,
+    tokio::sync::oneshot::Sender<Result<bool, DbErr>>,
+);
+
+/// Group commit: outcomes submitted while one batch commits are committed together in the
+/// next transaction, so concurrent commands share one round trip to disk.
+#[derive(Clone)]
+pub struct CommitQueue {
+    tx: tokio::sync::mpsc::UnboundedSender<CommitRequest>,
+}
+
+const MAX_COMMIT_BATCH: usize = 128;
+
+impl CommitQueue {
+    /// Starts the committing task; it ends when every handle is dropped.
+    pub fn start(store: Store) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CommitRequest>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_COMMIT_BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let completions: Vec<Arc<Completion>> =
+                    batch.iter().map(|(c, _)| c.clone()).collect();
+                let results = store.complete_many(&completions).await;
+                for ((_, reply), result) in batch.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Commits `c` (with whatever else is waiting); false when it was already done.
+    pub async fn complete(&self, c: Arc<Completion>) -> Result<bool, DbErr> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((c, reply))
+            .map_err(|_| DbErr::Custom("commit queue stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| DbErr::Custom("commit queue stopped".into()))?
+    }
 }
