@@ -88,7 +88,13 @@ pub struct Completion {
 
 #[derive(Clone)]
 pub struct Store {
+    /// Outcome commits: durable before the command is acknowledged.
     db: DatabaseConnection,
+    /// Bookkeeping that may be lost in a database-server crash without harm (inbox
+    /// receipt, leases, attempt markers, outbox and scheduler claims): on PostgreSQL a pool
+    /// with `synchronous_commit = off`, so these writes do not wait for a disk flush.
+    /// Every later synchronous commit flushes them too. On SQLite the same pool.
+    fast: DatabaseConnection,
 }
 
 fn now() -> DateTime<Utc> {
@@ -109,11 +115,17 @@ impl Store {
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(10))
         .sqlx_logging(false);
-        let db = Database::connect(opts).await?;
+        let db = Database::connect(opts.clone()).await?;
         if is_sqlite {
             db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+            return Ok(Self {
+                fast: db.clone(),
+                db,
+            });
         }
-        Ok(Self { db })
+        opts.map_sqlx_postgres_opts(|o| o.options([("synchronous_commit", "off")]));
+        let fast = Database::connect(opts).await?;
+        Ok(Self { db, fast })
     }
 
     pub fn connection(&self) -> &DatabaseConnection {
@@ -133,6 +145,7 @@ impl Store {
     }
 
     pub async fn close(self) {
+        let _ = self.fast.close().await;
         let _ = self.db.close().await;
     }
 
@@ -166,7 +179,7 @@ impl Store {
         // RETURNING yields no row on conflict, which sea-orm reports as an error of its own.
         let inserted = command::Entity::insert(row)
             .on_conflict_do_nothing()
-            .exec_with_returning(&self.db)
+            .exec_with_returning(&self.fast)
             .await;
         match inserted {
             Ok(sea_orm::TryInsertResult::Inserted(model)) => Ok(model),
@@ -180,7 +193,7 @@ impl Store {
 
     pub async fn inbox_get(&self, command_id: &str) -> Result<Option<command::Model>, DbErr> {
         command::Entity::find_by_id(command_id.to_owned())
-            .one(&self.db)
+            .one(&self.fast)
             .await
     }
 
@@ -202,7 +215,7 @@ impl Store {
             .col_expr(command::Column::UpdatedAt, Expr::value(now()))
             .filter(command::Column::CommandId.eq(command_id))
             .filter(command::Column::Status.ne(STATUS_DONE))
-            .exec(&self.db)
+            .exec(&self.fast)
             .await?;
         Ok(res.rows_affected > 0)
     }
@@ -225,7 +238,7 @@ impl Store {
             )
             .col_expr(command::Column::UpdatedAt, Expr::value(now()))
             .filter(command::Column::CommandId.eq(command_id))
-            .exec(&self.db)
+            .exec(&self.fast)
             .await?;
         Ok(())
     }
@@ -280,7 +293,7 @@ impl Store {
             .filter(link::Column::Backend.eq(&key.backend))
             .filter(link::Column::SessionId.eq(&key.session_id))
             .filter(link::Column::GroupId.eq(&key.group_id))
-            .one(&self.db)
+            .one(&self.fast)
             .await
     }
 
@@ -288,7 +301,9 @@ impl Store {
     /// Returns false, writing nothing, when the command was already done.
     pub async fn complete(&self, c: &Completion) -> Result<bool, DbErr> {
         let txn = self.db.begin().await?;
-        if write_completion(&txn, c).await? {
+        let mut deferred = Deferred::default();
+        if write_completion(&txn, c, &mut deferred).await? {
+            deferred.flush(&txn).await?;
             txn.commit().await?;
             Ok(true)
         } else {
@@ -306,9 +321,11 @@ impl Store {
         let together = async {
             let txn = self.db.begin().await?;
             let mut fresh = Vec::with_capacity(batch.len());
+            let mut deferred = Deferred::default();
             for c in batch {
-                fresh.push(write_completion(&txn, c).await?);
+                fresh.push(write_completion(&txn, c, &mut deferred).await?);
             }
+            deferred.flush(&txn).await?;
             txn.commit().await?;
             Ok::<_, DbErr>(fresh)
         };
@@ -326,7 +343,11 @@ impl Store {
 }
 
 /// The statements of one outcome; false (nothing written) when the command was done.
-async fn write_completion<C: ConnectionTrait>(txn: &C, c: &Completion) -> Result<bool, DbErr> {
+async fn write_completion<C: ConnectionTrait>(
+    txn: &C,
+    c: &Completion,
+    deferred: &mut Deferred,
+) -> Result<bool, DbErr> {
     let t = now();
     let cmd = &c.cmd;
     let key = GroupKey::of(cmd);
@@ -373,8 +394,7 @@ async fn write_completion<C: ConnectionTrait>(txn: &C, c: &Completion) -> Result
     let stored_code = existing.as_ref().and_then(|l| l.invite_code.clone());
 
     if let Some((old, new)) = &c.external_change {
-        insert_history(
-            txn,
+        deferred.history.push(history_row(
             &key,
             None,
             "external_change",
@@ -383,8 +403,7 @@ async fn write_completion<C: ConnectionTrait>(txn: &C, c: &Completion) -> Result
             Some(new.clone()),
             None,
             t,
-        )
-        .await?;
+        ));
     }
     let old_code = match &c.outcome {
         Outcome::Rotated { previous_code, .. } => previous_code.clone(),
@@ -398,8 +417,7 @@ async fn write_completion<C: ConnectionTrait>(txn: &C, c: &Completion) -> Result
         cmd,
         started_at: c.started_at,
     };
-    insert_history(
-        txn,
+    deferred.history.push(history_row(
         &key,
         Some(&hist),
         c.outcome.as_str(),
@@ -408,8 +426,7 @@ async fn write_completion<C: ConnectionTrait>(txn: &C, c: &Completion) -> Result
         new_code.clone(),
         err.as_ref(),
         t,
-    )
-    .await?;
+    ));
 
     let mut link_row: link::ActiveModel = match existing {
         Some(m) => m.into(),
@@ -457,13 +474,9 @@ async fn write_completion<C: ConnectionTrait>(txn: &C, c: &Completion) -> Result
         link_row.updated_at = Set(t);
         link_row.save(txn).await?;
     }
-    insert_outbox(txn, &c.messages, t).await?;
-    if let Some((lane, owner)) = &c.release_lease {
-        group_lease::Entity::delete_many()
-            .filter(group_lease::Column::Lane.eq(lane.as_str()))
-            .filter(group_lease::Column::Owner.eq(owner.as_str()))
-            .exec(txn)
-            .await?;
+    deferred.outbox.extend(outbox_rows(&c.messages, t));
+    if let Some(lease) = &c.release_lease {
+        deferred.leases.push(lease.clone());
     }
     Ok(true)
 }
@@ -488,7 +501,12 @@ impl Store {
                 return Ok(false);
             }
         }
-        insert_outbox(&txn, messages, t).await?;
+        Deferred {
+            outbox: outbox_rows(messages, t),
+            ..Default::default()
+        }
+        .flush(&txn)
+        .await?;
         txn.commit().await?;
         Ok(true)
     }
@@ -500,7 +518,7 @@ impl Store {
     pub async fn try_lease(&self, lane: &str, owner: &str, ttl: Duration) -> Result<bool, DbErr> {
         let t = now();
         let until = t + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(30));
-        let backend = self.backend();
+        let backend = self.fast.get_database_backend();
         let sql = match backend {
             DbBackend::Postgres => {
                 "INSERT INTO group_leases (lane, owner, lease_until) VALUES ($1, $2, $3) \
@@ -527,7 +545,7 @@ impl Store {
         group_lease::Entity::delete_many()
             .filter(group_lease::Column::Lane.eq(lane))
             .filter(group_lease::Column::Owner.eq(owner))
-            .exec(&self.db)
+            .exec(&self.fast)
             .await?;
         Ok(())
     }
@@ -544,7 +562,7 @@ impl Store {
         let t = now();
         let until =
             t + chrono::Duration::from_std(claim_for).unwrap_or(chrono::Duration::seconds(30));
-        let backend = self.backend();
+        let backend = self.fast.get_database_backend();
         let sql = match backend {
             DbBackend::Postgres => {
                 "UPDATE outbox SET claimed_until = $1 WHERE id IN (SELECT id FROM outbox \
@@ -564,7 +582,7 @@ impl Store {
         );
         let mut rows = outbox::Entity::find()
             .from_raw_sql(stmt)
-            .all(&self.db)
+            .all(&self.fast)
             .await?;
         rows.sort_by_key(|r| r.id);
         Ok(rows)
@@ -577,7 +595,7 @@ impl Store {
         outbox::Entity::update_many()
             .col_expr(outbox::Column::SentAt, Expr::value(Some(now())))
             .filter(outbox::Column::Id.is_in(ids.iter().copied()))
-            .exec(&self.db)
+            .exec(&self.fast)
             .await?;
         Ok(())
     }
@@ -593,7 +611,7 @@ impl Store {
                 Expr::value(Option::<DateTime<Utc>>::None),
             )
             .filter(outbox::Column::Id.is_in(ids.iter().copied()))
-            .exec(&self.db)
+            .exec(&self.fast)
             .await?;
         Ok(())
     }
@@ -657,7 +675,7 @@ impl Store {
     ) -> Result<Vec<link::Model>, DbErr> {
         let stale =
             now - chrono::Duration::from_std(republish).unwrap_or(chrono::Duration::minutes(10));
-        let backend = self.backend();
+        let backend = self.fast.get_database_backend();
         let sql = match backend {
             DbBackend::Postgres => {
                 "UPDATE links SET scheduled_for = expires_at, scheduled_at = $1 WHERE id IN \
@@ -674,7 +692,10 @@ impl Store {
         };
         let values = [now.into(), due.into(), stale.into(), (limit as i64).into()];
         let stmt = Statement::from_sql_and_values(backend, sql, values);
-        link::Entity::find().from_raw_sql(stmt).all(&self.db).await
+        link::Entity::find()
+            .from_raw_sql(stmt)
+            .all(&self.fast)
+            .await
     }
 
     /// Forgets a claim so the next scan publishes again (after a failed publish).
@@ -692,7 +713,7 @@ impl Store {
                 Expr::value(Option::<DateTime<Utc>>::None),
             )
             .filter(link::Column::Id.is_in(ids.iter().copied()))
-            .exec(&self.db)
+            .exec(&self.fast)
             .await?;
         Ok(())
     }
@@ -735,8 +756,7 @@ struct HistoryCmd<'a> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn insert_history<C: ConnectionTrait>(
-    db: &C,
+fn history_row(
     key: &GroupKey,
     cmd: Option<&HistoryCmd<'_>>,
     outcome: &str,
@@ -745,8 +765,8 @@ async fn insert_history<C: ConnectionTrait>(
     new_code: Option<String>,
     err: Option<&BackendError>,
     at: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    let row = history::ActiveModel {
+) -> history::ActiveModel {
+    history::ActiveModel {
         backend: Set(key.backend.clone()),
         session_id: Set(key.session_id.clone()),
         group_id: Set(key.group_id.clone()),
@@ -762,46 +782,65 @@ async fn insert_history<C: ConnectionTrait>(
         started_at: Set(cmd.map(|c| c.started_at)),
         occurred_at: Set(at),
         ..Default::default()
-    };
-    history::Entity::insert(row)
-        .exec_without_returning(db)
-        .await?;
-    Ok(())
+    }
 }
 
-async fn insert_outbox<C: ConnectionTrait>(
-    db: &C,
-    messages: &[OutboxMessage],
-    at: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    if messages.is_empty() {
-        return Ok(());
+fn outbox_rows(messages: &[OutboxMessage], at: DateTime<Utc>) -> Vec<outbox::ActiveModel> {
+    messages
+        .iter()
+        .map(|m| outbox::ActiveModel {
+            exchange: Set(m.exchange.clone()),
+            routing_key: Set(m.routing_key.clone()),
+            message_id: Set(m.message_id.clone()),
+            message_type: Set(m.message_type.clone()),
+            correlation_id: Set(m.correlation_id.clone()),
+            headers: Set((!m.headers.is_empty()).then(|| {
+                let map: std::collections::BTreeMap<_, _> = m.headers.iter().cloned().collect();
+                serde_json::to_string(&map).unwrap_or_default()
+            })),
+            payload: Set(m.payload.clone()),
+            created_at: Set(at),
+            claimed_until: Set(None),
+            sent_at: Set(None),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Rows that a batch of outcomes writes with one multi-row statement per table.
+#[derive(Default)]
+struct Deferred {
+    history: Vec<history::ActiveModel>,
+    outbox: Vec<outbox::ActiveModel>,
+    /// Leases to release: (lane, owner).
+    leases: Vec<(String, String)>,
+}
+
+impl Deferred {
+    async fn flush<C: ConnectionTrait>(self, db: &C) -> Result<(), DbErr> {
+        if !self.history.is_empty() {
+            history::Entity::insert_many(self.history)
+                .exec_without_returning(db)
+                .await?;
+        }
+        if !self.outbox.is_empty() {
+            outbox::Entity::insert_many(self.outbox)
+                .exec_without_returning(db)
+                .await?;
+        }
+        let mut by_owner: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (lane, owner) in self.leases {
+            by_owner.entry(owner).or_default().push(lane);
+        }
+        for (owner, lanes) in by_owner {
+            group_lease::Entity::delete_many()
+                .filter(group_lease::Column::Owner.eq(owner))
+                .filter(group_lease::Column::Lane.is_in(lanes))
+                .exec(db)
+                .await?;
+        }
+        Ok(())
     }
-    let rows = messages.iter().map(|m| outbox::ActiveModel {
-        exchange: Set(m.exchange.clone()),
-        routing_key: Set(m.routing_key.clone()),
-        message_id: Set(m.message_id.clone()),
-        message_type: Set(m.message_type.clone()),
-        correlation_id: Set(m.correlation_id.clone()),
-        headers: Set((!m.headers.is_empty()).then(|| {
-            serde_json::to_string(
-                &m.headers
-                    .iter()
-                    .cloned()
-                    .collect::<std::collections::BTreeMap<_, _>>(),
-            )
-            .unwrap_or_default()
-        })),
-        payload: Set(m.payload.clone()),
-        created_at: Set(at),
-        claimed_until: Set(None),
-        sent_at: Set(None),
-        ..Default::default()
-    });
-    outbox::Entity::insert_many(rows)
-        .exec_without_returning(db)
-        .await?;
-    Ok(())
 }
 
 type CommitRequest = (
@@ -819,26 +858,37 @@ pub struct CommitQueue {
 const MAX_COMMIT_BATCH: usize = 128;
 
 impl CommitQueue {
-    /// Starts the committing task; it ends when every handle is dropped.
-    pub fn start(store: Store) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CommitRequest>();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_COMMIT_BATCH {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
+    /// Starts `committers` committing tasks; they end when every handle is dropped.
+    /// Batches never hold two outcomes of one group (the group lease is held until the
+    /// outcome commits), so concurrent batches touch disjoint rows.
+    pub fn start(store: Store, committers: usize) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<CommitRequest>();
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..committers.max(1) {
+            let (store, rx) = (store.clone(), rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    let batch = {
+                        let mut rx = rx.lock().await;
+                        let Some(first) = rx.recv().await else { return };
+                        let mut batch = vec![first];
+                        while batch.len() < MAX_COMMIT_BATCH {
+                            match rx.try_recv() {
+                                Ok(next) => batch.push(next),
+                                Err(_) => break,
+                            }
+                        }
+                        batch
+                    };
+                    let completions: Vec<Arc<Completion>> =
+                        batch.iter().map(|(c, _)| c.clone()).collect();
+                    let results = store.complete_many(&completions).await;
+                    for ((_, reply), result) in batch.into_iter().zip(results) {
+                        let _ = reply.send(result);
                     }
                 }
-                let completions: Vec<Arc<Completion>> =
-                    batch.iter().map(|(c, _)| c.clone()).collect();
-                let results = store.complete_many(&completions).await;
-                for ((_, reply), result) in batch.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-            }
-        });
+            });
+        }
         Self { tx }
     }
 
