@@ -133,6 +133,12 @@ pub fn backend_duration(backend: &str, op: &'static str, d: Duration) {
         .record(d.as_secs_f64());
 }
 
+/// Time spent in one step of a command (database operations, lane waits), for profiling.
+pub fn stage(step: &'static str, d: Duration) {
+    histogram!("invite_worker_command_step_duration_seconds", "step" => step)
+        .record(d.as_secs_f64());
+}
+
 pub fn retry_scheduled() {
     counter!("invite_worker_retries_scheduled_total").increment(1);
 }

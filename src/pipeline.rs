@@ -163,16 +163,20 @@ fn subject(cmd: &Command) -> Subject {
 
 impl Pipeline {
     /// Retries a database operation with backoff until it succeeds or the worker aborts.
-    async fn persist<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, Unsettled>
+    async fn persist<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, Unsettled>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, sea_orm::DbErr>>,
     {
+        let started = std::time::Instant::now();
         let mut backoff = infra_backoff();
         let mut rejected = 0;
         loop {
             match op().await {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    m::stage(what, started.elapsed());
+                    return Ok(v);
+                }
                 Err(e) => {
                     if !is_connection_error(&e) {
                         rejected += 1;
@@ -305,7 +309,9 @@ impl Pipeline {
         }
         let key = GroupKey::of(cmd);
         let lane = key.lane();
+        let waited = std::time::Instant::now();
         let _lane = self.lanes.acquire(&lane).await;
+        m::stage("waiting for the group lane", waited.elapsed());
         let ttl = self.settings.worker.group_lease;
         let lease = self
             .persist("taking the group lease", || {

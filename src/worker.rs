@@ -121,7 +121,7 @@ impl Worker {
             retry: RetryPolicy::from_settings(&settings.retry),
             instance_id: instance_id(&settings),
             settings,
-            commits: crate::store::CommitQueue::start(store.clone(), 2),
+            commits: crate::store::CommitQueue::start(store.clone(), 4),
             store,
             topology,
             backends,
