@@ -101,7 +101,9 @@ impl Store {
         })
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(10))
+        // Short, so that an unreachable database fails an operation quickly and the
+        // caller's own backoff (not a pool queue) decides when to try again.
+        .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
         let db = Database::connect(opts).await?;
         if is_sqlite {
@@ -267,8 +269,10 @@ impl Store {
             Outcome::Skipped => (None, None),
         };
         let txn = self.db.begin().await?;
-        // The first statement writes, so SQLite takes its write lock up front.
-        command::Entity::update_many()
+        // The first statement writes, so SQLite takes its write lock up front. It skips a
+        // row already done: a retry after a commit whose answer was lost (the connection
+        // dropped mid-commit) must not write history, link and outbox a second time.
+        let updated = command::Entity::update_many()
             .col_expr(command::Column::Status, Expr::value(STATUS_DONE))
             .col_expr(command::Column::Outcome, Expr::value(c.outcome.as_str()))
             .col_expr(command::Column::Attempts, Expr::value(c.attempts))
@@ -289,8 +293,12 @@ impl Store {
             .col_expr(command::Column::UpdatedAt, Expr::value(t))
             .col_expr(command::Column::FinishedAt, Expr::value(Some(t)))
             .filter(command::Column::CommandId.eq(&id))
+            .filter(command::Column::Status.ne(STATUS_DONE))
             .exec(&txn)
             .await?;
+        if updated.rows_affected == 0 {
+            return txn.rollback().await;
+        }
 
         let existing = link::Entity::find()
             .filter(link::Column::Backend.eq(&key.backend))

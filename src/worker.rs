@@ -211,25 +211,33 @@ impl Worker {
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         'connect: while !shutdown.is_cancelled() {
             self.health.tick();
+            // A fresh channel each time, so prefetch (basic_qos) is applied again after
+            // every reconnect.
             let setup = async {
-                let ch = self.broker.channel().await?;
-                ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-                let consumer = ch
-                    .basic_consume(
+                let (conn, ch) = self.broker.open_channel().await?;
+                let consume = async {
+                    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+                    ch.basic_consume(
                         queue.as_str().into(),
                         "".into(),
                         BasicConsumeOptions::default(),
                         FieldTable::default(),
                     )
-                    .await?;
-                Ok::<_, lapin::Error>((ch, consumer))
+                    .await
+                };
+                match consume.await {
+                    Ok(consumer) => Ok((conn, ch, consumer)),
+                    Err(e) => {
+                        self.broker.invalidate(&conn).await;
+                        Err(e)
+                    }
+                }
             };
-            let (ch, mut consumer) = match setup.await {
+            let (conn, ch, mut consumer) = match setup.await {
                 Ok(c) => c,
                 Err(e) => {
                     let wait = backoff.next().unwrap_or(Duration::from_secs(5));
                     warn!(error = %e, ?wait, "cannot consume from the broker; retrying");
-                    self.broker.invalidate().await;
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => continue 'connect,
                         _ = shutdown.cancelled() => break 'connect,
@@ -239,17 +247,34 @@ impl Worker {
             backoff = infra_backoff();
             self.health.consuming.store(true, Ordering::Relaxed);
             info!(queue = %queue, prefetch, "consuming commands");
+            let tag = consumer.tag();
+            let cancel = || async {
+                let options = BasicCancelOptions::default();
+                let stop = ch.basic_cancel(tag.clone(), options);
+                let _ = tokio::time::timeout(Duration::from_secs(2), stop).await;
+            };
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
-                        let _ = ch.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                        cancel().await;
                         break 'connect;
                     }
                     _ = ticker.tick() => self.health.tick(),
                     next = consumer.next() => match next {
                         Some(Ok(delivery)) => {
                             self.health.tick();
-                            let Ok(permit) = slots.clone().acquire_owned().await else { break 'connect };
+                            // Deliveries of a lost channel may still hold slots; never
+                            // let waiting for one delay a shutdown.
+                            let permit = tokio::select! {
+                                p = slots.clone().acquire_owned() => match p {
+                                    Ok(p) => p,
+                                    Err(_) => break 'connect,
+                                },
+                                _ = shutdown.cancelled() => {
+                                    cancel().await;
+                                    break 'connect;
+                                }
+                            };
                             let pipeline = self.pipeline.clone();
                             let publisher = self.publisher.clone();
                             in_flight.spawn(async move {
@@ -271,7 +296,7 @@ impl Worker {
                 }
             }
             self.health.consuming.store(false, Ordering::Relaxed);
-            self.broker.invalidate().await;
+            self.broker.invalidate(&conn).await;
         }
         self.health.consuming.store(false, Ordering::Relaxed);
     }
