@@ -263,16 +263,22 @@ impl Worker {
                     next = consumer.next() => match next {
                         Some(Ok(delivery)) => {
                             self.health.tick();
-                            // Deliveries of a lost channel may still hold slots; never
-                            // let waiting for one delay a shutdown.
-                            let permit = tokio::select! {
-                                p = slots.clone().acquire_owned() => match p {
-                                    Ok(p) => p,
-                                    Err(_) => break 'connect,
-                                },
-                                _ = shutdown.cancelled() => {
-                                    cancel().await;
-                                    break 'connect;
+                            // All slots can stay busy for long (a database outage, or
+                            // deliveries of a lost channel): keep reporting liveness,
+                            // and never let the wait delay a shutdown.
+                            let acquire = slots.clone().acquire_owned();
+                            tokio::pin!(acquire);
+                            let permit = loop {
+                                tokio::select! {
+                                    p = &mut acquire => match p {
+                                        Ok(p) => break p,
+                                        Err(_) => break 'connect,
+                                    },
+                                    _ = ticker.tick() => self.health.tick(),
+                                    _ = shutdown.cancelled() => {
+                                        cancel().await;
+                                        break 'connect;
+                                    }
                                 }
                             };
                             let pipeline = self.pipeline.clone();

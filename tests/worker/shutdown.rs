@@ -1,16 +1,18 @@
-//! Graceful shutdown of the real binary on SIGTERM: stop consuming, let in-flight
-//! commands finish within `worker.shutdown_grace`, flush the outbox, exit 0. What does
-//! not finish in time is redelivered to the next process, not lost.
+//! Graceful shutdown on SIGTERM (of the real binary) or cancellation: stop consuming, let
+//! in-flight commands finish within `worker.shutdown_grace`, flush the outbox, exit 0.
+//! What does not finish in time is redelivered to the next process, not lost.
 
 use std::time::Duration;
 
 use entity::command;
-use invite_worker::send::CommandSpec;
+use invite_worker::{config::Secret, send::CommandSpec};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use uuid::Uuid;
 
-use crate::helpers::{Db, EventTap};
-use crate::helpers::{SimulatorProcess, TestEnv, WorkerProcess, group, revoke, wait_until};
+use crate::{
+    helpers::{Db, EventTap, SimulatorProcess, TestEnv, WorkerProcess, group, revoke, wait_until},
+    proxy::Proxy,
+};
 
 const TOKEN: &str = "shutdown-token-3f0d";
 const IN_FLIGHT: usize = 50;
@@ -146,4 +148,50 @@ async fn sigterm_with_a_short_grace_hands_unfinished_commands_to_the_next_proces
         let g = group(300 + i);
         assert_eq!(stats["resets"][format!("sales|{g}")], 1, "{g}");
     }
+}
+
+/// Shutting down while the database is unreachable: commands stuck waiting for it give
+/// up after the grace, the worker still stops, and nothing is lost once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_a_database_outage_stops_and_loses_nothing() {
+    let env = TestEnv::new(Db::Postgres).await;
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let mut settings = env.settings.clone();
+    settings.database.url = Secret::new(proxy.url(settings.database.url.expose(), 5432));
+    settings.worker.shutdown_grace = Duration::from_secs(1);
+    let mut tap = env.tap_events().await;
+    let worker = env.start_worker_with(settings).await;
+
+    proxy.cut();
+    let specs: Vec<_> = (0..5).map(|i| revoke("sales", &group(350 + i))).collect();
+    let ids = env.send(&specs).await;
+    // Delivered and stuck on the database: the queue has nothing ready any more.
+    let (conn, ch) = env.channel().await;
+    wait_until(Duration::from_secs(10), || async {
+        let q = ch
+            .queue_declare(
+                env.topology.commands_queue().as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("passive declare");
+        q.message_count() == 0
+    })
+    .await;
+    let _ = conn.close(200, "OK".into()).await;
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), worker.stop())
+        .await
+        .expect("the worker stops although the database is down");
+    assert!(env.world.stats().resets.is_empty(), "nothing ran");
+
+    proxy.restore();
+    let worker = env.start_worker().await;
+    events_for_all(&mut tap, &ids, Duration::from_secs(30)).await;
+    worker.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(60));
 }
