@@ -253,3 +253,39 @@ async fn a_sigkill_mid_stream_loses_nothing_and_resets_once_per_command() {
         assert_eq!(stats["resets"][format!("{session}|{g}")], 1, "{g}");
     }
 }
+
+/// The attempt count is in the database, not in the process: a command whose first reset
+/// failed and whose second one went through just before a crash is recorded, after the
+/// restart, as rotated on attempt 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attempt_count_survives_a_crash() {
+    let sim = SimulatorProcess::spawn(TOKEN);
+    sim.control(
+        "faults",
+        serde_json::json!({"route": "waha.reset", "count": 1, "status": 500}),
+    )
+    .await;
+    let env = TestEnv::new(Db::Sqlite).await;
+    let (groups, specs) = commands(BackendKind::Waha, 1);
+    let mut tap = env.tap_events().await;
+    let ids = env.send(&specs).await;
+    let mut penv = env.process_env();
+    penv.extend(backend_env(BackendKind::Waha, &sim));
+    let log = env.dir().join("worker.log");
+
+    let mut crashed = WorkerProcess::spawn(&penv, Some(failpoint::AFTER_RESET), log.clone());
+    let status = crashed.exit_within(Duration::from_secs(60)).await;
+    assert_eq!(status.signal(), Some(SIGABRT), "{}", crashed.log_tail());
+
+    let mut worker = WorkerProcess::spawn(&penv, None, log);
+    let got = tap.until_command(ids[0], Duration::from_secs(60)).await;
+    let (_, ev) = got.last().unwrap();
+    assert_eq!(ev["event_type"], "invite_link.rotated");
+    assert_eq!(ev["attempts"], 2, "{ev:#}");
+    worker.terminate();
+    assert!(worker.exit_within(Duration::from_secs(30)).await.success());
+    let stats = sim.stats().await;
+    assert_eq!(stats["routes"]["waha.reset"], 2, "one failed, one done");
+    let (session, g) = &groups[0];
+    assert_eq!(stats["resets"][format!("{session}|{g}")], 1);
+}
