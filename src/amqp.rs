@@ -1,16 +1,10 @@
 //! RabbitMQ plumbing: topology names and declaration (CONTRACT §2), a shared
 //! connection that is re-established after a loss, and a publisher with confirms.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, Connection, ConnectionProperties, ConnectionStatus, ExchangeKind,
     options::{
         BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
         QueueDeclareOptions,
@@ -143,6 +137,12 @@ pub async fn declare(ch: &Channel, topo: &Topology, queue_type: QueueType) -> la
     Ok(())
 }
 
+/// How long closing a channel or connection may take before it is abandoned (a peer
+/// that stopped answering never sends close-ok).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long establishing a connection (TCP, handshake, topology) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One AMQP connection shared by the consumer and the publishers, re-established
 /// (with topology re-declared) when it is lost.
 pub struct Broker {
@@ -150,7 +150,8 @@ pub struct Broker {
     topo: Topology,
     queue_type: QueueType,
     conn: Mutex<Option<Arc<Connection>>>,
-    up: AtomicBool,
+    /// The current connection's live status, readable without awaiting.
+    status: std::sync::Mutex<Option<ConnectionStatus>>,
 }
 
 impl Broker {
@@ -160,7 +161,7 @@ impl Broker {
             topo,
             queue_type,
             conn: Mutex::new(None),
-            up: AtomicBool::new(false),
+            status: std::sync::Mutex::new(None),
         })
     }
 
@@ -168,9 +169,18 @@ impl Broker {
         &self.topo
     }
 
-    /// Whether the connection is believed to be up.
+    fn set_status(&self, status: Option<ConnectionStatus>) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    /// Whether a connection is established and lapin still reports it connected (a
+    /// lost socket flips this at once, without waiting for anyone to use it).
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|s| s.connected())
     }
 
     /// The current connection, connecting and declaring the topology if needed.
@@ -181,49 +191,68 @@ impl Broker {
         {
             return Ok(c.clone());
         }
-        self.up.store(false, Ordering::Relaxed);
-        *guard = None;
+        self.set_status(None);
+        if let Some(old) = guard.take() {
+            close_quietly(&old, 320, "reconnecting").await;
+        }
         let props = ConnectionProperties::default().with_connection_name("invite-worker".into());
-        let conn = match tokio::time::timeout(
-            Duration::from_secs(10),
-            Connection::connect(&self.url, props),
-        )
-        .await
-        {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(lapin::Error::from(
-                    lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
-                ));
-            }
+        let setup = async {
+            let conn = Connection::connect(&self.url, props).await?;
+            let ch = conn.create_channel().await?;
+            declare(&ch, &self.topo, self.queue_type).await?;
+            let _ = ch.close(200, "OK".into()).await;
+            Ok::<_, lapin::Error>(conn)
         };
-        let ch = conn.create_channel().await?;
-        declare(&ch, &self.topo, self.queue_type).await?;
-        let _ = ch.close(200, "OK".into()).await;
-        let conn = Arc::new(conn);
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
+            Ok(r) => Arc::new(r?),
+            Err(_) => return Err(timed_out()),
+        };
+        self.set_status(Some(conn.status().clone()));
         *guard = Some(conn.clone());
-        self.up.store(true, Ordering::Relaxed);
         Ok(conn)
     }
 
-    /// Marks the connection as broken so the next user reconnects.
-    pub async fn invalidate(&self) {
-        self.up.store(false, Ordering::Relaxed);
-        if let Some(c) = self.conn.lock().await.take() {
-            let _ = c.close(320, "reconnecting".into()).await;
+    /// Drops `conn` if it is still the current connection, so that the next user
+    /// reconnects. A connection that another user already replaced is left alone.
+    pub async fn invalidate(&self, conn: &Arc<Connection>) {
+        let mut guard = self.conn.lock().await;
+        if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            self.set_status(None);
+            guard.take();
+            drop(guard);
+            close_quietly(conn, 320, "reconnecting").await;
+        }
+    }
+
+    /// A new channel on the current connection, and that connection.
+    pub async fn open_channel(&self) -> lapin::Result<(Arc<Connection>, Channel)> {
+        let conn = self.connection().await?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, conn.create_channel()).await {
+            Ok(ch) => Ok((conn, ch?)),
+            Err(_) => Err(timed_out()),
         }
     }
 
     pub async fn channel(&self) -> lapin::Result<Channel> {
-        self.connection().await?.create_channel().await
+        Ok(self.open_channel().await?.1)
     }
 
     pub async fn close(&self) {
-        self.up.store(false, Ordering::Relaxed);
+        self.set_status(None);
         if let Some(c) = self.conn.lock().await.take() {
-            let _ = c.close(200, "OK".into()).await;
+            close_quietly(&c, 200, "OK").await;
         }
     }
+}
+
+fn timed_out() -> lapin::Error {
+    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+        lapin::ConnectionState::Closed,
+    ))
+}
+
+async fn close_quietly(conn: &Connection, code: u16, text: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(code, text.into())).await;
 }
 
 /// Why a publish did not get a positive confirm.
@@ -294,9 +323,20 @@ impl Publisher {
         Ok(ch)
     }
 
+    /// The longest a publish may wait for its confirms.
+    pub fn confirm_timeout(&self) -> Duration {
+        self.confirm_timeout
+    }
+
+    /// Drops the channel after a failure; the next publish opens a new one. The old one
+    /// is closed in the background: a broker that stopped answering would hold the
+    /// caller until the close timed out.
     async fn reset(&self) {
-        if let Some(ch) = self.channel.lock().await.take() {
-            let _ = ch.close(200, "OK".into()).await;
+        let taken = self.channel.lock().await.take();
+        if let Some(ch) = taken {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ch.close(200, "OK".into())).await;
+            });
         }
     }
 
@@ -320,7 +360,16 @@ impl Publisher {
         result
     }
 
+    /// Everything, from getting a channel to the last confirm, within the confirm
+    /// timeout: a broker that stopped answering must not hold the caller.
     async fn try_publish_batch(&self, msgs: &[OutboxMessage]) -> Result<Vec<bool>, PublishError> {
+        match tokio::time::timeout(self.confirm_timeout, self.publish_and_confirm(msgs)).await {
+            Ok(r) => r,
+            Err(_) => Err(PublishError::Timeout(self.confirm_timeout)),
+        }
+    }
+
+    async fn publish_and_confirm(&self, msgs: &[OutboxMessage]) -> Result<Vec<bool>, PublishError> {
         let ch = self.channel().await?;
         let mut pending = Vec::with_capacity(msgs.len());
         for m in msgs {
@@ -335,17 +384,11 @@ impl Publisher {
                 .await?;
             pending.push(confirm);
         }
-        let wait = async {
-            let mut acks = Vec::with_capacity(pending.len());
-            for p in pending {
-                acks.push(p.await?.is_ack());
-            }
-            Ok::<_, lapin::Error>(acks)
-        };
-        match tokio::time::timeout(self.confirm_timeout, wait).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(PublishError::Timeout(self.confirm_timeout)),
+        let mut acks = Vec::with_capacity(pending.len());
+        for p in pending {
+            acks.push(p.await?.is_ack());
         }
+        Ok(acks)
     }
 }
 

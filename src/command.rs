@@ -415,4 +415,134 @@ mod tests {
         assert!(GroupId::parse("1234-@g.us", GroupIdStyle::Jid).is_err());
         assert!(GroupId::parse("12%34@g.us", GroupIdStyle::Jid).is_err());
     }
+
+    #[test]
+    fn deeply_nested_json_is_a_rejection_not_a_stack_overflow() {
+        let deep = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
+        assert!(parse(deep.as_bytes(), &OneBackend).is_err());
+        let deep = format!("{}1{}", r#"{"a":"#.repeat(10_000), "}".repeat(10_000));
+        assert!(parse(deep.as_bytes(), &OneBackend).is_err());
+    }
+
+    /// Property tests: hostile bodies never panic and always give either a command whose
+    /// every field passes validation again, or a typed rejection.
+    mod props {
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        use super::*;
+
+        const FIELDS: [&str; 8] = [
+            "command_id",
+            "type",
+            "session_id",
+            "group_id",
+            "backend",
+            "reason",
+            "requested_by",
+            "extra",
+        ];
+
+        fn check(body: &[u8]) -> Result<(), TestCaseError> {
+            match parse(body, &OneBackend) {
+                Ok(cmd) => {
+                    prop_assert!(SessionId::parse(cmd.session.as_str()).is_ok());
+                    let style = OneBackend.group_style(&cmd.backend);
+                    prop_assert!(style.is_some(), "unknown backend {}", cmd.backend);
+                    if let Some(style) = style {
+                        prop_assert!(GroupId::parse(cmd.group.as_str(), style).is_ok());
+                    }
+                    for text in [&cmd.reason, &cmd.requested_by].into_iter().flatten() {
+                        prop_assert!(text.chars().count() <= MAX_TEXT_CHARS);
+                    }
+                }
+                Err(rej) => {
+                    prop_assert!(matches!(
+                        rej.kind,
+                        ErrorKind::InvalidCommand | ErrorKind::UnknownBackend
+                    ));
+                    prop_assert!(!rej.reason.is_empty());
+                    if rej.is_attributable() {
+                        let session_ok = rej
+                            .session_id
+                            .as_deref()
+                            .is_some_and(|s| SessionId::parse(s).is_ok());
+                        prop_assert!(session_ok);
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                ".{0,40}".prop_map(Value::from),
+                "[0-9]{1,20}(-[0-9]{0,5})?@g\\.us".prop_map(Value::from),
+                "[A-Za-z0-9._:@+-]{0,140}".prop_map(Value::from),
+                Just(Value::from("0b6f4f8e-6d8a-4a56-9d7c-2f0c1c7f9a10")),
+                Just(Value::from("rotate_expiring_link")),
+                Just(Value::from("meta")),
+                Just(Value::from("x".repeat(501))),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    prop::collection::btree_map(".{0,8}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+                check(&bytes)?;
+            }
+
+            #[test]
+            fn byte_mutations_of_a_valid_command_never_panic(
+                edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..8)
+            ) {
+                let mut b = body(valid());
+                for (at, byte, op) in edits {
+                    let i = at.index(b.len() + 1);
+                    match op {
+                        0 if i < b.len() => b[i] = byte,
+                        1 => b.insert(i, byte),
+                        _ if i < b.len() => { b.remove(i); }
+                        _ => b.push(byte),
+                    }
+                }
+                check(&b)?;
+            }
+
+            #[test]
+            fn field_mutations_of_a_valid_command_give_a_command_or_a_typed_rejection(
+                changes in prop::collection::vec(
+                    (prop::sample::select(&FIELDS[..]), prop::option::of(json())), 1..4)
+            ) {
+                let mut v = valid();
+                for (field, value) in &changes {
+                    match value {
+                        Some(value) => v[*field] = value.clone(),
+                        None => { v.as_object_mut().map(|o| o.remove(*field)); }
+                    }
+                }
+                let required_broken = ["command_id", "type", "session_id", "group_id"]
+                    .iter()
+                    .any(|f| !v.get(*f).is_some_and(Value::is_string));
+                let b = body(v);
+                check(&b)?;
+                if required_broken {
+                    prop_assert!(parse(&b, &OneBackend).is_err());
+                }
+            }
+        }
+    }
 }

@@ -9,10 +9,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{amqp::Publisher, events::OutboxMessage, metrics as m, store::Store};
+use crate::{amqp::Publisher, events::OutboxMessage, failpoint, metrics as m, store::Store};
 
 const BATCH: u64 = 500;
-const CLAIM_FOR: Duration = Duration::from_secs(30);
 const SWEEP: Duration = Duration::from_secs(1);
 
 pub struct Relay {
@@ -42,14 +41,18 @@ fn to_message(row: &entity::outbox::Model) -> OutboxMessage {
 impl Relay {
     /// Publishes one batch; returns how many rows were claimed.
     pub async fn relay_once(&self) -> Result<usize, String> {
+        // A claim outlives any publish (bounded by the confirm timeout), and no longer:
+        // rows claimed by a relay that crashed are picked up again soon.
+        let claim_for = self.publisher.confirm_timeout() * 2 + Duration::from_secs(1);
         let rows = self
             .store
-            .claim_outbox(BATCH, CLAIM_FOR)
+            .claim_outbox(BATCH, claim_for)
             .await
             .map_err(|e| e.to_string())?;
         if rows.is_empty() {
             return Ok(0);
         }
+        failpoint::hit(failpoint::BEFORE_RELAY);
         let msgs: Vec<OutboxMessage> = rows.iter().map(to_message).collect();
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         match self.publisher.publish_batch(&msgs).await {

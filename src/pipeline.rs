@@ -2,10 +2,9 @@
 //! (rate-limited, retried) → one transaction for outcome, link, history and outbox.
 //! The caller acks only after this returns a disposition.
 
-use std::{collections::HashMap, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::Utc;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -15,44 +14,43 @@ use crate::{
     command::{self, BackendResolver, Command, CommandType, GroupIdStyle, Rejection},
     config::{BackendSettings, Settings},
     events::{self, ExpirySource, OutboxMessage, Subject},
+    failpoint,
     lanes::{Lanes, Lease},
     metrics as m,
+    ratelimit::{Pacer, Ticket},
     retry::{RetryPolicy, infra_backoff},
     store::{self, Completion, GroupKey, Outcome, Store},
 };
 
-/// A configured backend and the rate limiter of its sessions.
+/// A configured backend and the pacer of its sessions' requests.
 pub struct BackendEntry {
     pub backend: SharedBackend,
-    pub limiter: DefaultKeyedRateLimiter<String>,
+    pub pacer: Pacer,
 }
 
 impl BackendEntry {
     pub fn new(backend: SharedBackend, settings: &BackendSettings) -> Self {
-        let rate = settings.rate_limit();
-        let per_request = rate.period / rate.count;
-        let quota = Quota::with_period(per_request.max(Duration::from_micros(1)))
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::MIN);
         Self {
             backend,
-            limiter: RateLimiter::keyed(quota),
+            pacer: Pacer::new(settings.rate_limit()),
         }
     }
-}
 
-impl BackendEntry {
-    /// Runs one backend request once the session's rate limit allows it, with metrics.
+    /// Runs one backend request at the slot of `ticket`, with metrics.
     async fn call(
         &self,
         cmd: &Command,
         op: &'static str,
+        ticket: Ticket,
         request: impl Future<Output = Result<Link, BackendError>>,
     ) -> Result<Link, BackendError> {
-        let session = cmd.session.as_str().to_owned();
-        if self.limiter.check_key(&session).is_err() {
+        if !self
+            .pacer
+            .wait(cmd.session.as_str(), ticket)
+            .await
+            .is_zero()
+        {
             m::rate_limit_wait();
-            self.limiter.until_key_ready(&session).await;
         }
         let started = std::time::Instant::now();
         let result = request.await;
@@ -198,6 +196,31 @@ impl Pipeline {
         }
     }
 
+    /// A backend request that gives way when in-flight work must stop (after the
+    /// shutdown grace). A reset cut off here is safe: its `executing` row is committed.
+    async fn backend_call(
+        &self,
+        entry: &BackendEntry,
+        cmd: &Command,
+        op: &'static str,
+        ticket: Ticket,
+        request: impl Future<Output = Result<Link, BackendError>>,
+    ) -> Result<Result<Link, BackendError>, Unsettled> {
+        tokio::select! {
+            r = entry.call(cmd, op, ticket, request) => Ok(r),
+            _ = self.abort.cancelled() => Err(Unsettled::Interrupted),
+        }
+    }
+
+    fn rate_park(&self, backlog: Duration) -> Disposition {
+        debug!(
+            ?backlog,
+            "session is at its rate limit; parking the command"
+        );
+        m::rate_limit_wait();
+        Disposition::Park(backlog)
+    }
+
     /// Settles one message body.
     pub async fn process(&self, body: &[u8]) -> Result<Disposition, Interrupted> {
         match self.process_inner(body).await {
@@ -307,6 +330,14 @@ impl Pipeline {
             m::duplicate();
             return Ok(Disposition::Ack);
         }
+        // A session with a long backlog of requests: wait in a delay queue, not in a
+        // consumer slot, so that commands for other sessions keep flowing.
+        if let Some(entry) = self.backends.get(&cmd.backend) {
+            let backlog = entry.pacer.backlog(cmd.session.as_str());
+            if backlog > self.retry.max_inline_wait {
+                return Ok(self.rate_park(backlog));
+            }
+        }
         let key = GroupKey::of(cmd);
         let lane = key.lane();
         let waited = std::time::Instant::now();
@@ -388,14 +419,24 @@ impl Pipeline {
         };
         let mut external = None;
 
+        // The first request of this delivery takes a rate-limit slot only if it comes
+        // soon; otherwise the command waits in a delay queue (no attempt is spent).
+        let session = cmd.session.as_str();
+        let mut max_wait = Some(self.retry.max_inline_wait);
         if entry.backend.can_read() {
-            let read = entry
-                .call(
+            let ticket = match entry.pacer.reserve(session, max_wait.take()) {
+                Ok(t) => t,
+                Err(wait) => return Ok(self.rate_park(wait)),
+            };
+            let read = self
+                .backend_call(
+                    entry,
                     cmd,
                     "read",
+                    ticket,
                     entry.backend.current_link(&cmd.session, &cmd.group),
                 )
-                .await;
+                .await?;
             match read {
                 Ok(current) => {
                     let code = current.code.as_str().to_owned();
@@ -444,6 +485,10 @@ impl Pipeline {
                     .finish(&ctx, attempts as i32, Outcome::Failed(err), external)
                     .await;
             }
+            let ticket = match entry.pacer.reserve(session, max_wait.take()) {
+                Ok(t) => t,
+                Err(wait) => return Ok(self.rate_park(wait)),
+            };
             attempts += 1;
             tracing::Span::current().record("attempt", attempts);
             let current = self
@@ -457,15 +502,19 @@ impl Pipeline {
                 m::duplicate();
                 return Ok(Disposition::Ack);
             }
-            let reset = entry
-                .call(
+            failpoint::hit(failpoint::BEFORE_RESET);
+            let reset = self
+                .backend_call(
+                    entry,
                     cmd,
                     "reset",
+                    ticket,
                     entry.backend.reset_link(&cmd.session, &cmd.group),
                 )
-                .await;
+                .await?;
             match reset {
                 Ok(link) => {
+                    failpoint::hit(failpoint::AFTER_RESET);
                     info!(code = %link.code.fingerprint(), attempts, "link rotated");
                     let outcome = self.rotated(link, before.clone(), Utc::now());
                     return self.finish(&ctx, attempts as i32, outcome, external).await;
@@ -584,6 +633,7 @@ impl Pipeline {
             m::duplicate();
             return Ok(Disposition::Ack);
         }
+        failpoint::hit(failpoint::AFTER_COMMIT);
         m::command_outcome(Some(cmd.kind), label);
         if !completion.messages.is_empty() {
             self.relay_wakeup.notify_one();

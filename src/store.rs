@@ -113,7 +113,9 @@ impl Store {
         })
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(10))
+        // Short, so that an unreachable database fails an operation quickly and the
+        // caller's own backoff (not a pool queue) decides when to try again.
+        .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
         let db = Database::connect(opts.clone()).await?;
         if is_sqlite {

@@ -215,25 +215,33 @@ impl Worker {
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         'connect: while !shutdown.is_cancelled() {
             self.health.tick();
+            // A fresh channel each time, so prefetch (basic_qos) is applied again after
+            // every reconnect.
             let setup = async {
-                let ch = self.broker.channel().await?;
-                ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-                let consumer = ch
-                    .basic_consume(
+                let (conn, ch) = self.broker.open_channel().await?;
+                let consume = async {
+                    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+                    ch.basic_consume(
                         queue.as_str().into(),
                         "".into(),
                         BasicConsumeOptions::default(),
                         FieldTable::default(),
                     )
-                    .await?;
-                Ok::<_, lapin::Error>((ch, consumer))
+                    .await
+                };
+                match consume.await {
+                    Ok(consumer) => Ok((conn, ch, consumer)),
+                    Err(e) => {
+                        self.broker.invalidate(&conn).await;
+                        Err(e)
+                    }
+                }
             };
-            let (ch, mut consumer) = match setup.await {
+            let (conn, ch, mut consumer) = match setup.await {
                 Ok(c) => c,
                 Err(e) => {
                     let wait = backoff.next().unwrap_or(Duration::from_secs(5));
                     warn!(error = %e, ?wait, "cannot consume from the broker; retrying");
-                    self.broker.invalidate().await;
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => continue 'connect,
                         _ = shutdown.cancelled() => break 'connect,
@@ -243,17 +251,40 @@ impl Worker {
             backoff = infra_backoff();
             self.health.consuming.store(true, Ordering::Relaxed);
             info!(queue = %queue, prefetch, "consuming commands");
+            let tag = consumer.tag();
+            let cancel = || async {
+                let options = BasicCancelOptions::default();
+                let stop = ch.basic_cancel(tag.clone(), options);
+                let _ = tokio::time::timeout(Duration::from_secs(2), stop).await;
+            };
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
-                        let _ = ch.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                        cancel().await;
                         break 'connect;
                     }
                     _ = ticker.tick() => self.health.tick(),
                     next = consumer.next() => match next {
                         Some(Ok(delivery)) => {
                             self.health.tick();
-                            let Ok(permit) = slots.clone().acquire_owned().await else { break 'connect };
+                            // All slots can stay busy for long (a database outage, or
+                            // deliveries of a lost channel): keep reporting liveness,
+                            // and never let the wait delay a shutdown.
+                            let acquire = slots.clone().acquire_owned();
+                            tokio::pin!(acquire);
+                            let permit = loop {
+                                tokio::select! {
+                                    p = &mut acquire => match p {
+                                        Ok(p) => break p,
+                                        Err(_) => break 'connect,
+                                    },
+                                    _ = ticker.tick() => self.health.tick(),
+                                    _ = shutdown.cancelled() => {
+                                        cancel().await;
+                                        break 'connect;
+                                    }
+                                }
+                            };
                             let pipeline = self.pipeline.clone();
                             let publisher = self.publisher.clone();
                             in_flight.spawn(async move {
@@ -275,7 +306,7 @@ impl Worker {
                 }
             }
             self.health.consuming.store(false, Ordering::Relaxed);
-            self.broker.invalidate().await;
+            self.broker.invalidate(&conn).await;
         }
         self.health.consuming.store(false, Ordering::Relaxed);
     }

@@ -6,7 +6,7 @@ use reqwest::Method;
 
 use super::{
     Backend, BackendError, BackendKind, Link,
-    http::{Auth, HttpApi, classify_reply},
+    http::{Auth, HttpApi, Reply, classify_reply},
 };
 use crate::{
     command::{GroupId, SessionId},
@@ -37,12 +37,13 @@ impl Evolution {
         let request = self
             .api
             .request(method, &path, &[("groupJid", group.as_str())])?;
-        self.api
-            .call(request, classify_reply, |reply| {
-                reply.link(&["inviteUrl", "inviteCode"])
-            })
-            .await
+        self.api.call(request, read_reply).await
     }
+}
+
+/// How an Evolution answer reads: `inviteUrl` or `inviteCode`, or a refusal.
+pub(super) fn read_reply(reply: &Reply) -> Result<Link, BackendError> {
+    reply.interpret(classify_reply, |r| r.link(&["inviteUrl", "inviteCode"]))
 }
 
 #[async_trait]

@@ -41,10 +41,13 @@ impl Gateway {
             "invite",
         ];
         let request = self.api.request(method, &path, &[])?;
-        self.api
-            .call(request, refusal_kind, |reply| reply.link(&["invite"]))
-            .await
+        self.api.call(request, read_reply).await
     }
+}
+
+/// How a gateway answer reads: `{"invite": …}`, or a refusal.
+pub(super) fn read_reply(reply: &Reply) -> Result<Link, BackendError> {
+    reply.interpret(refusal_kind, |r| r.link(&["invite"]))
 }
 
 /// By `error.code` where present: `not_implemented` (501) means the session is not

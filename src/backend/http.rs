@@ -281,6 +281,40 @@ impl Reply {
         parts.join("; ").chars().take(MAX_MESSAGE_CHARS).collect()
     }
 
+    /// A reply from its parts; header names or values that are not valid HTTP are left
+    /// out (for tests and fuzzing).
+    pub fn from_parts(status: u16, headers: &[(&str, &[u8])], body: Vec<u8>) -> Self {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) {
+                map.append(n, v);
+            }
+        }
+        Self {
+            status,
+            headers: map,
+            body,
+        }
+    }
+
+    /// Interprets this answer: a refusal (non-2xx, or a 2xx saying it failed) is
+    /// classified by `refusal_kind` from the reply and its lower-cased error text;
+    /// anything else goes to `on_success`. Every error carries the HTTP status.
+    pub fn interpret(
+        &self,
+        refusal_kind: fn(&Reply, &str) -> ErrorKind,
+        on_success: impl FnOnce(&Reply) -> Result<Link, BackendError>,
+    ) -> Result<Link, BackendError> {
+        if self.is_refusal() {
+            Err(self.refusal(refusal_kind))
+        } else {
+            on_success(self).map_err(|e| e.with_status(self.status))
+        }
+    }
+
     /// Whether this answer is a failure: a non-2xx status, or a 2xx JSON object saying
     /// `"success": false` (wasend) or `"revoked": false` (evolution).
     fn is_refusal(&self) -> bool {
@@ -410,23 +444,15 @@ impl HttpApi {
         self.send(request).await.map_err(|e| self.scrub(e))
     }
 
-    /// Sends `request` and interprets the answer: a refusal (non-2xx, or a 2xx saying it
-    /// failed) is classified by `refusal_kind` from the reply and its lower-cased error
-    /// text; anything else goes to `on_success`. Every error carries the HTTP status
-    /// when there was one, and never the token.
+    /// Sends `request` and reads the answer with `read` (an adapter's `read_reply`, see
+    /// [`Reply::interpret`]). Errors never carry the token.
     pub async fn call(
         &self,
         request: RequestBuilder,
-        refusal_kind: fn(&Reply, &str) -> ErrorKind,
-        on_success: impl FnOnce(&Reply) -> Result<Link, BackendError>,
+        read: fn(&Reply) -> Result<Link, BackendError>,
     ) -> Result<Link, BackendError> {
         let reply = self.execute(request).await?;
-        let result = if reply.is_refusal() {
-            Err(reply.refusal(refusal_kind))
-        } else {
-            on_success(&reply).map_err(|e| e.with_status(reply.status))
-        };
-        result.map_err(|e| self.scrub(e))
+        read(&reply).map_err(|e| self.scrub(e))
     }
 
     async fn send(&self, request: RequestBuilder) -> Result<Reply, BackendError> {

@@ -34,6 +34,11 @@ impl MetaCloud {
     }
 }
 
+/// How a Graph answer reads: `{"invite_link": …}`, or a refusal.
+pub(super) fn read_reply(reply: &Reply) -> Result<Link, BackendError> {
+    reply.interpret(refusal_kind, |r| r.link(&["invite_link"]))
+}
+
 /// By the Graph error `code`: throttling (4, 80007, 130429), invalid token (190),
 /// permission (10, 200–299), unknown object (100 with a 404 or "does not exist").
 fn refusal_kind(reply: &Reply, text: &str) -> ErrorKind {
@@ -81,8 +86,6 @@ impl Backend for MetaCloud {
             .api
             .request(Method::POST, &path, &[])?
             .json(&json!({"messaging_product": "whatsapp"}));
-        self.api
-            .call(request, refusal_kind, |reply| reply.link(&["invite_link"]))
-            .await
+        self.api.call(request, read_reply).await
     }
 }

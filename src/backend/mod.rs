@@ -273,6 +273,22 @@ pub trait Backend: Send + Sync {
 
 pub type SharedBackend = Arc<dyn Backend>;
 
+/// How `kind`'s adapter reads a provider's answer (to a read or a reset, which every
+/// adapter reads alike): the link, or the classified refusal. Sends nothing; this is the
+/// function the adapters use, exposed for fuzzing and tests.
+pub fn read_reply(kind: BackendKind, reply: &http::Reply) -> Result<Link, BackendError> {
+    match kind {
+        BackendKind::Wasend => wasend::read_reply(reply),
+        BackendKind::Wawp | BackendKind::Waha => waha::read_reply(reply),
+        BackendKind::Gateway => gateway::read_reply(reply),
+        BackendKind::MetaCloud => meta_cloud::read_reply(reply),
+        BackendKind::Evolution => evolution::read_reply(reply),
+        BackendKind::Simulator => Err(BackendError::protocol(
+            "the simulator kind has no HTTP answers",
+        )),
+    }
+}
+
 /// Builds the backend named `name` from its settings. HTTP kinds get one pooled client
 /// each; the simulator kind runs against `world`.
 pub fn build(
@@ -307,6 +323,28 @@ mod tests {
         assert_eq!(InviteCode::parse("AbC123").unwrap().as_str(), "AbC123");
         let c = InviteCode::parse("https://chat.whatsapp.com/AbC123").unwrap();
         assert_eq!(c.url(), "https://chat.whatsapp.com/AbC123");
+    }
+
+    #[test]
+    fn read_reply_reads_each_kinds_answers() {
+        let ok = [
+            (BackendKind::Wasend, r#"{"inviteLink":"AbC123"}"#),
+            (BackendKind::Wawp, r#""AbC123""#),
+            (BackendKind::Gateway, r#"{"invite":"AbC123"}"#),
+            (BackendKind::MetaCloud, r#"{"invite_link":"AbC123"}"#),
+            (BackendKind::Waha, r#""https://chat.whatsapp.com/AbC123""#),
+            (BackendKind::Evolution, r#"{"inviteCode":"AbC123"}"#),
+        ];
+        for (kind, body) in ok {
+            let reply = http::Reply::from_parts(200, &[], body.into());
+            let link = read_reply(kind, &reply).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert_eq!(link.code.as_str(), "AbC123", "{kind}");
+        }
+        let limited = http::Reply::from_parts(429, &[("retry-after", b"7")], b"{}".to_vec());
+        let e = read_reply(BackendKind::Gateway, &limited).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::RateLimited);
+        assert_eq!(e.http_status, Some(429));
+        assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
     }
 
     #[test]

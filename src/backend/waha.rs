@@ -46,10 +46,13 @@ impl Waha {
         ]
         .concat();
         let request = self.api.request(method, &path, &[])?;
-        self.api
-            .call(request, refusal_kind, |reply| reply.link(CODE_FIELDS))
-            .await
+        self.api.call(request, read_reply).await
     }
+}
+
+/// How an answer of WAHA (and wawp) reads: a bare code or link, or a refusal.
+pub(super) fn read_reply(reply: &Reply) -> Result<Link, BackendError> {
+    reply.interpret(refusal_kind, |r| r.link(CODE_FIELDS))
 }
 
 /// WAHA's refusals (shared by wawp): 422 means the session is not working (transient);

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{
     Backend, BackendError, BackendKind, Link,
-    http::{Auth, HttpApi, classify_reply, invite_code},
+    http::{Auth, HttpApi, Reply, classify_reply, invite_code},
 };
 use crate::{
     command::{GroupId, SessionId},
@@ -50,16 +50,19 @@ impl Wasend {
         ]
         .concat();
         let request = self.api.request(method, &path, &[])?;
-        self.api
-            .call(request, classify_reply, |reply| {
-                let body = reply.json()?;
-                Ok(Link {
-                    code: invite_code(&body, LINK_FIELDS)?,
-                    expires_at: expires_at(&body),
-                })
-            })
-            .await
+        self.api.call(request, read_reply).await
     }
+}
+
+/// How a wasend answer reads: the link and its `expiresAt`, or a refusal.
+pub(super) fn read_reply(reply: &Reply) -> Result<Link, BackendError> {
+    reply.interpret(classify_reply, |reply| {
+        let body = reply.json()?;
+        Ok(Link {
+            code: invite_code(&body, LINK_FIELDS)?,
+            expires_at: expires_at(&body),
+        })
+    })
 }
 
 /// `expiresAt` as RFC 3339; absent or unreadable means no reported expiry.

@@ -36,11 +36,7 @@ impl Wawp {
         // The documented URL also repeats the group as `id`; sending it suits both readings.
         let query = [("id", group.as_str()), ("instance_id", session.as_str())];
         let request = self.api.request(method, &path, &query)?;
-        self.api
-            .call(request, waha::refusal_kind, |reply| {
-                reply.link(waha::CODE_FIELDS)
-            })
-            .await
+        self.api.call(request, waha::read_reply).await
     }
 }
 

@@ -12,6 +12,9 @@ use chrono::{DateTime, Utc};
 use rand::{Rng, distr::Alphanumeric};
 use serde::{Deserialize, Serialize};
 
+/// Requests kept in the request log (for [`SimWorld::request_times`]).
+const REQUEST_LOG_LEN: usize = 100_000;
+
 /// Lifetime that the world reports for links on kinds that report expiries (wasend).
 pub const SIM_LINK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -138,6 +141,8 @@ struct State {
     /// Request instants per session, for the rate-window statistic (bounded).
     session_requests: HashMap<String, VecDeque<Instant>>,
     max_in_any_second: HashMap<String, u32>,
+    /// Route and arrival instant of recent requests, oldest first (bounded).
+    request_log: VecDeque<(String, Instant)>,
     latency: Duration,
     auto_create: bool,
     in_flight_total: u32,
@@ -289,10 +294,22 @@ impl SimWorld {
         }
     }
 
+    /// When requests matching `route` (a fault-style pattern: `*`, `waha`, `*.reset`,
+    /// `waha.reset`) arrived, oldest first; covers the most recent requests only.
+    pub fn request_times(&self, route: &str) -> Vec<Instant> {
+        self.lock()
+            .request_log
+            .iter()
+            .filter(|(r, _)| route_matches(route, r))
+            .map(|(_, t)| *t)
+            .collect()
+    }
+
     /// Resets counters (not sessions, groups or codes).
     pub fn reset_stats(&self) {
         let mut st = self.lock();
         st.route_counts.clear();
+        st.request_log.clear();
         st.session_requests.clear();
         st.max_in_any_second.clear();
         st.max_in_flight_total = 0;
@@ -315,6 +332,10 @@ impl SimWorld {
             let mut st = self.lock();
             *st.route_counts.entry(route.to_owned()).or_default() += 1;
             let now = Instant::now();
+            if st.request_log.len() >= REQUEST_LOG_LEN {
+                st.request_log.pop_front();
+            }
+            st.request_log.push_back((route.to_owned(), now));
             let window = st.session_requests.entry(session.to_owned()).or_default();
             window.push_back(now);
             while window

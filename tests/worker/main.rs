@@ -1,9 +1,15 @@
 //! End-to-end tests of the worker against the real RabbitMQ and both databases, with the
-//! in-process simulator as the backend.
+//! in-process simulator or the `invite-worker simulate` binary as the backend.
 
+mod crashes;
 mod helpers;
 mod operations;
+mod outages;
 mod pipeline;
 mod providers;
+mod proxy;
+mod rate_limits;
+mod retries;
 mod scheduler;
 mod secrets;
+mod shutdown;

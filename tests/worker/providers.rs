@@ -1,77 +1,16 @@
 //! The worker against every provider kind, each pointed at the `invite-worker simulate`
 //! binary: a revoke through each adapter yields a correct `invite_link.rotated` event.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
+use crate::helpers::{Db, SimulatorProcess, TestEnv, revoke};
 use invite_worker::{
     backend::BackendKind,
     config::{BackendSettings, Secret},
     send::CommandSpec,
 };
-use serde_json::Value;
-
-use crate::helpers::{Db, TestEnv, revoke};
 
 const TOKEN: &str = "sim-token-5e3a9";
-
-/// A running `invite-worker simulate` child process, killed on drop.
-pub struct SimulatorProcess {
-    child: Child,
-    pub base: String,
-}
-
-impl SimulatorProcess {
-    pub fn spawn(token: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_invite-worker"))
-            .args(["simulate", "--listen", "127.0.0.1:0", "--token", token])
-            .env("INVITE_WORKER__LOG__FORMAT", "json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn simulate");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listen line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("listening on ADDR")
-            .to_owned();
-        Self {
-            child,
-            base: format!("http://{addr}"),
-        }
-    }
-
-    pub async fn link(&self, session: &str, group: &str) -> Value {
-        reqwest::Client::new()
-            .get(format!(
-                "{}/_control/groups/link?session={}&group={}",
-                self.base,
-                percent_encoding::utf8_percent_encode(session, percent_encoding::NON_ALPHANUMERIC),
-                percent_encoding::utf8_percent_encode(group, percent_encoding::NON_ALPHANUMERIC)
-            ))
-            .send()
-            .await
-            .expect("control request")
-            .json()
-            .await
-            .expect("control json")
-    }
-}
-
-impl Drop for SimulatorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn backend(kind: BackendKind, base: &str) -> BackendSettings {
     BackendSettings {

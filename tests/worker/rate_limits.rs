@@ -1,0 +1,67 @@
+//! Per-session rate limiting (CONTRACT §6.6): a backlog for one session is paced to
+//! `rate_limit_per_session` as the provider sees it, while other sessions go on.
+
+use std::{collections::HashSet, time::Duration};
+
+use crate::helpers::{Db, TestEnv, group, revoke};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_300_commands_for_one_session_stays_within_10_per_second() {
+    let env = TestEnv::new(Db::Sqlite).await;
+    let mut settings = env.settings.clone();
+    let sim = settings.backends.get_mut("sim").expect("sim backend");
+    sim.rate_limit_per_session = Some("10/s".into());
+    let mut tap = env.tap_events().await;
+    let worker = env.start_worker_with(settings).await;
+
+    let busy: Vec<_> = (0..300).map(|i| revoke("busy", &group(i % 60))).collect();
+    let busy: HashSet<String> = env
+        .send(&busy)
+        .await
+        .into_iter()
+        .map(|i| i.to_string())
+        .collect();
+    let other: Vec<_> = (0..10).map(|i| revoke("other", &group(i))).collect();
+    let other: HashSet<String> = env
+        .send(&other)
+        .await
+        .into_iter()
+        .map(|i| i.to_string())
+        .collect();
+
+    // Each busy command makes two requests (read, reset): 600 at 10/s is a minute; the
+    // other session's commands must not wait for that.
+    let mut done_busy = HashSet::new();
+    let mut done_other = HashSet::new();
+    let started = tokio::time::Instant::now();
+    while done_other.len() < other.len() {
+        let (_, ev) = tap.take(1, Duration::from_secs(30)).await.remove(0);
+        let id = ev["command_id"].as_str().unwrap_or_default().to_owned();
+        if other.contains(&id) {
+            done_other.insert(id);
+        } else {
+            done_busy.insert(id);
+        }
+    }
+    assert!(
+        done_busy.len() < 100,
+        "the other session finished after {:?}, while the busy one had {} of 300 done",
+        started.elapsed(),
+        done_busy.len()
+    );
+    while done_busy.len() < busy.len() {
+        let (_, ev) = tap.take(1, Duration::from_secs(60)).await.remove(0);
+        done_busy.insert(ev["command_id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(done_busy, busy);
+
+    let stats = env.world.stats();
+    assert_eq!(
+        stats.routes["simulator.read"] + stats.routes["simulator.reset"],
+        620
+    );
+    let most = stats.max_requests_per_second["busy"];
+    assert!(most <= 10, "{most} requests within one second");
+    assert!(most >= 9, "paced near the limit, not far below: {most}");
+    worker.stop().await;
+}

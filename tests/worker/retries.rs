@@ -1,0 +1,239 @@
+//! Retries (CONTRACT §6.5): transient errors are retried with backoff and `Retry-After`,
+//! long waits park the command in a delay queue, permanent errors and exhausted budgets
+//! fail the command with an event and a dead letter.
+
+use std::time::Duration;
+
+use entity::command;
+use invite_worker::simulator::{FaultSpec, GroupSpec};
+use sea_orm::EntityTrait;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    helpers::{Db, TestEnv, group, revoke, wait_until},
+    on_both_databases,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn fault(route: &str, count: u32, status: u16, retry_after: Option<u64>) -> FaultSpec {
+    FaultSpec {
+        route: route.into(),
+        count,
+        status,
+        retry_after,
+        hang: false,
+    }
+}
+
+/// The dead letters, polled until `n` arrived (the relay publishes them after commit).
+async fn dead_letters(env: &TestEnv, n: usize) -> Vec<(Vec<u8>, String)> {
+    let mut dead = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dead.len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {n} dead letters, got {dead:?}"
+        );
+        dead.extend(env.dead_letters().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    dead
+}
+
+async fn row(worker: &crate::helpers::RunningWorker, id: Uuid) -> command::Model {
+    command::Entity::find_by_id(id.to_string())
+        .one(worker.store.connection())
+        .await
+        .unwrap()
+        .expect("inbox row")
+}
+
+on_both_databases!(two_server_errors_then_success_rotate_with_three_attempts);
+
+async fn two_server_errors_then_success_rotate_with_three_attempts(db: Db) {
+    let env = TestEnv::new(db).await;
+    env.world.add_fault(fault("*.reset", 2, 500, None));
+    let mut events = env.tap_events().await;
+    let worker = env.start_worker().await;
+    let g = group(1);
+    let id = env.send(&[revoke("sales", &g)]).await[0];
+
+    let got = events.until_command(id, WAIT).await;
+    let (props, ev) = got.last().unwrap();
+    assert_eq!(props.routing_key, "invite_link.rotated", "{ev:#}");
+    assert_eq!(ev["attempts"], 3);
+    assert_eq!(ev["invite_code"], env.world.peek("sales", &g).unwrap().code);
+    let stats = env.world.stats();
+    assert_eq!(stats.routes["simulator.reset"], 3);
+    assert_eq!(
+        stats.resets[&format!("sales|{g}")],
+        1,
+        "two failed, one done"
+    );
+    let r = row(&worker, id).await;
+    assert_eq!((r.outcome.as_deref(), r.attempts), (Some("rotated"), 3));
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_before_the_next_attempt() {
+    let env = TestEnv::new(Db::Sqlite).await;
+    env.world.add_fault(fault("*.reset", 1, 429, Some(2)));
+    let mut events = env.tap_events().await;
+    let worker = env.start_worker().await;
+    let id = env.send(&[revoke("sales", &group(2))]).await[0];
+
+    let got = events.until_command(id, WAIT).await;
+    assert_eq!(got.last().unwrap().1["attempts"], 2);
+    let resets = env.world.request_times("simulator.reset");
+    assert_eq!(resets.len(), 2);
+    let gap = resets[1] - resets[0];
+    assert!(
+        gap >= Duration::from_secs(2),
+        "second attempt {gap:?} after a 429 with Retry-After: 2"
+    );
+    worker.stop().await;
+}
+
+/// With one consumer slot, a command waiting 3 s for its retry must not block a command
+/// sent after it: the waiting one sits in a delay queue, not in the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_retry_wait_parks_the_command_and_frees_its_slot() {
+    let env = TestEnv::new(Db::Sqlite).await;
+    let mut settings = env.settings.clone();
+    settings.amqp.prefetch = 1;
+    env.world.add_fault(fault("*.reset", 1, 503, Some(3)));
+    let mut events = env.tap_events().await;
+    let worker = env.start_worker_with(settings).await;
+
+    let slow = env.send(&[revoke("sales", &group(3))]).await[0];
+    wait_until(WAIT, || async {
+        env.world.request_times("simulator.reset").len() == 1
+    })
+    .await;
+    let fast = env.send(&[revoke("sales", &group(4))]).await[0];
+
+    let got = events.until_command(slow, WAIT).await;
+    let order: Vec<&Value> = got.iter().map(|(_, e)| &e["command_id"]).collect();
+    assert_eq!(
+        order,
+        [
+            &Value::from(fast.to_string()),
+            &Value::from(slow.to_string())
+        ],
+        "the later command finished while the first one waited"
+    );
+    assert_eq!(got[1].1["attempts"], 2);
+    let resets = env.world.request_times("simulator.reset");
+    assert_eq!(resets.len(), 3, "slow twice, fast once");
+    assert!(resets[2] - resets[0] >= Duration::from_secs(3));
+    let r = row(&worker, slow).await;
+    assert_eq!((r.outcome.as_deref(), r.attempts), (Some("rotated"), 2));
+    worker.stop().await;
+}
+
+on_both_databases!(permanent_refusals_fail_after_one_request_without_retry);
+
+async fn permanent_refusals_fail_after_one_request_without_retry(db: Db) {
+    let env = TestEnv::new(db).await;
+    let mut settings = env.settings.clone();
+    settings.amqp.prefetch = 1;
+    let mut events = env.tap_events().await;
+    let worker = env.start_worker_with(settings).await;
+
+    // Not an admin of the group: the first request (the read) is refused.
+    env.world.upsert_group(GroupSpec {
+        session: "sales".into(),
+        group: group(5),
+        admin: false,
+        code: None,
+    });
+    let not_admin = env.send(&[revoke("sales", &group(5))]).await[0];
+    let got = events.until_command(not_admin, WAIT).await;
+    let (props, ev) = got.last().unwrap();
+    assert_eq!(props.routing_key, "invite_link.rotation_failed");
+    assert_eq!(ev["error"]["kind"], "not_admin");
+    let stats = env.world.stats();
+    assert_eq!(stats.routes.values().sum::<u64>(), 1, "{:?}", stats.routes);
+
+    // A 403 on the reset itself: exactly one reset request, no retry.
+    env.world.reset_stats();
+    env.world.add_fault(fault("*.reset", 5, 403, None));
+    let forbidden = env.send(&[revoke("sales", &group(6))]).await[0];
+    let got = events.until_command(forbidden, WAIT).await;
+    let (_, ev) = got.last().unwrap();
+    assert_eq!(ev["event_type"], "invite_link.rotation_failed");
+    assert_eq!(ev["error"]["kind"], "not_admin");
+    assert_eq!(ev["error"]["http_status"], 403);
+    assert_eq!(ev["attempts"], 1);
+    assert_eq!(env.world.stats().routes.get("simulator.reset"), Some(&1));
+    env.world.clear_faults();
+
+    let dead = dead_letters(&env, 2).await;
+    assert!(
+        dead.iter().all(|(_, h)| h.starts_with("not_admin: ")),
+        "{dead:?}"
+    );
+    for id in [not_admin, forbidden] {
+        let r = row(&worker, id).await;
+        assert_eq!(r.outcome.as_deref(), Some("failed"));
+        assert_eq!(r.error_kind.as_deref(), Some("not_admin"));
+    }
+    worker.stop().await;
+}
+
+on_both_databases!(exhausted_retries_fail_as_backend_unavailable_with_a_dead_letter);
+
+async fn exhausted_retries_fail_as_backend_unavailable_with_a_dead_letter(db: Db) {
+    let env = TestEnv::new(db).await;
+    let mut settings = env.settings.clone();
+    settings.retry.max_attempts = 3;
+    env.world.add_fault(fault("*.reset", 100, 500, None));
+    let mut events = env.tap_events().await;
+    let worker = env.start_worker_with(settings).await;
+    let id = env.send(&[revoke("sales", &group(7))]).await[0];
+
+    let got = events.until_command(id, WAIT).await;
+    let (props, ev) = got.last().unwrap();
+    assert_eq!(props.routing_key, "invite_link.rotation_failed");
+    assert_eq!(ev["error"]["kind"], "backend_unavailable");
+    assert_eq!(ev["error"]["http_status"], 500);
+    assert_eq!(ev["attempts"], 3);
+    assert_eq!(env.world.stats().routes["simulator.reset"], 3);
+
+    let dead = dead_letters(&env, 1).await;
+    let body: Value = serde_json::from_slice(&dead[0].0).unwrap();
+    assert_eq!(body["command_id"], id.to_string(), "the original command");
+    assert!(dead[0].1.starts_with("backend_unavailable: "), "{dead:?}");
+    let r = row(&worker, id).await;
+    assert_eq!((r.outcome.as_deref(), r.attempts), (Some("failed"), 3));
+    worker.stop().await;
+}
+
+/// Every retry here waits 3 s (Retry-After), so each goes through a delay queue and comes
+/// back as a new delivery: the budget still ends after exactly `max_attempts` resets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attempt_count_survives_parking_and_redelivery() {
+    let env = TestEnv::new(Db::Postgres).await;
+    let mut settings = env.settings.clone();
+    settings.retry.max_attempts = 3;
+    env.world.add_fault(fault("*.reset", 100, 503, Some(3)));
+    let mut events = env.tap_events().await;
+    let worker = env.start_worker_with(settings).await;
+    let id = env.send(&[revoke("sales", &group(8))]).await[0];
+
+    let got = events.until_command(id, Duration::from_secs(60)).await;
+    let (_, ev) = got.last().unwrap();
+    assert_eq!(ev["event_type"], "invite_link.rotation_failed");
+    assert_eq!(ev["error"]["kind"], "backend_unavailable");
+    assert_eq!(ev["attempts"], 3);
+    let resets = env.world.request_times("simulator.reset");
+    assert_eq!(resets.len(), 3);
+    for pair in resets.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_secs(3));
+    }
+    assert_eq!(dead_letters(&env, 1).await.len(), 1);
+    worker.stop().await;
+}
