@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use entity::{command, group_lease, history, link, outbox};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
@@ -302,99 +301,149 @@ impl Store {
     /// Commits a command's outcome, link state, history and outbox rows atomically.
     /// Returns false, writing nothing, when the command was already done.
     pub async fn complete(&self, c: &Completion) -> Result<bool, DbErr> {
-        let txn = self.db.begin().await?;
-        let mut deferred = Deferred::default();
-        if write_completion(&txn, c, &mut deferred).await? {
-            deferred.flush(&txn).await?;
-            txn.commit().await?;
-            Ok(true)
-        } else {
-            txn.rollback().await?;
-            Ok(false)
-        }
+        Ok(self.commit_batch(&[c]).await?[0])
     }
 
     /// Commits several outcomes in one transaction (group commit). When the batch fails,
     /// each is committed on its own so that one bad row cannot hold back the others.
     pub async fn complete_many(&self, batch: &[Arc<Completion>]) -> Vec<Result<bool, DbErr>> {
-        if batch.len() == 1 {
-            return vec![self.complete(&batch[0]).await];
-        }
-        let together = async {
-            let txn = self.db.begin().await?;
-            let mut fresh = Vec::with_capacity(batch.len());
-            let mut deferred = Deferred::default();
-            for c in batch {
-                fresh.push(write_completion(&txn, c, &mut deferred).await?);
-            }
-            deferred.flush(&txn).await?;
-            txn.commit().await?;
-            Ok::<_, DbErr>(fresh)
-        };
-        match together.await {
+        let all: Vec<&Completion> = batch.iter().map(|c| c.as_ref()).collect();
+        match self.commit_batch(&all).await {
             Ok(fresh) => fresh.into_iter().map(Ok).collect(),
-            Err(_) => {
+            Err(_) if batch.len() > 1 => {
                 let mut out = Vec::with_capacity(batch.len());
                 for c in batch {
                     out.push(self.complete(c).await);
                 }
                 out
             }
+            Err(e) => vec![Err(e)],
         }
+    }
+
+    /// One transaction with a fixed number of statements whatever the batch size: mark
+    /// the commands done (skipping any already done, so a retry after a lost commit
+    /// answer writes nothing twice), then multi-row writes of links, history, outbox and
+    /// lease releases. Returns, per completion, whether it was written.
+    async fn commit_batch(&self, batch: &[&Completion]) -> Result<Vec<bool>, DbErr> {
+        let t = now();
+        let txn = self.db.begin().await?;
+        // The first statement writes, so SQLite takes its write lock up front.
+        let fresh_ids = mark_done(&txn, batch, t).await?;
+        let mut deferred = Deferred::default();
+        let fresh: Vec<bool> = batch
+            .iter()
+            .map(|c| fresh_ids.contains(&c.cmd.id.to_string()))
+            .collect();
+        for (c, is_fresh) in batch.iter().zip(&fresh) {
+            if *is_fresh {
+                stage_completion(c, &mut deferred, t);
+            }
+        }
+        deferred.flush(&txn).await?;
+        txn.commit().await?;
+        Ok(fresh)
     }
 }
 
-/// The statements of one outcome; false (nothing written) when the command was done.
-async fn write_completion<C: ConnectionTrait>(
+fn case_by_id<V: Into<sea_orm::Value> + Clone>(
+    batch: &[&Completion],
+    column: command::Column,
+    value: impl Fn(&Completion) -> V,
+) -> Expr {
+    let mut case = sea_orm::sea_query::CaseStatement::new();
+    for c in batch {
+        case = case.case(
+            Expr::col(command::Column::CommandId).eq(c.cmd.id.to_string()),
+            Expr::val(value(c)),
+        );
+    }
+    case.finally(Expr::col(column)).into()
+}
+
+/// Marks the batch's commands done with their outcomes in one statement; returns the ids
+/// that were not done already.
+async fn mark_done<C: ConnectionTrait>(
     txn: &C,
-    c: &Completion,
-    deferred: &mut Deferred,
-) -> Result<bool, DbErr> {
-    let t = now();
-    let cmd = &c.cmd;
-    let key = GroupKey::of(cmd);
-    let id = cmd.id.to_string();
-    let event_id = c
-        .messages
-        .iter()
-        .find(|m| !m.exchange.is_empty())
-        .and_then(|m| m.message_id.clone());
-    let (new_code, err) = match &c.outcome {
-        Outcome::Rotated { link, .. } => (Some(link.code.as_str().to_owned()), None),
-        Outcome::Failed(e) => (None, Some(e.clone())),
-        Outcome::Skipped => (None, None),
-    };
-    // The first statement writes, so SQLite takes its write lock up front.
-    let updated = command::Entity::update_many()
+    batch: &[&Completion],
+    t: DateTime<Utc>,
+) -> Result<std::collections::HashSet<String>, DbErr> {
+    fn new_code(c: &Completion) -> Option<String> {
+        match &c.outcome {
+            Outcome::Rotated { link, .. } => Some(link.code.as_str().to_owned()),
+            _ => None,
+        }
+    }
+    fn error(c: &Completion) -> Option<&BackendError> {
+        match &c.outcome {
+            Outcome::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+    fn event_id(c: &Completion) -> Option<String> {
+        c.messages
+            .iter()
+            .find(|m| !m.exchange.is_empty())
+            .and_then(|m| m.message_id.clone())
+    }
+    let ids: Vec<String> = batch.iter().map(|c| c.cmd.id.to_string()).collect();
+    let done = command::Entity::update_many()
         .col_expr(command::Column::Status, Expr::value(STATUS_DONE))
-        .col_expr(command::Column::Outcome, Expr::value(c.outcome.as_str()))
-        .col_expr(command::Column::Attempts, Expr::value(c.attempts))
-        .col_expr(command::Column::NewCode, Expr::value(new_code.clone()))
+        .col_expr(
+            command::Column::Outcome,
+            case_by_id(batch, command::Column::Outcome, |c| {
+                Some(c.outcome.as_str().to_owned())
+            }),
+        )
+        .col_expr(
+            command::Column::Attempts,
+            case_by_id(batch, command::Column::Attempts, |c| c.attempts),
+        )
+        .col_expr(
+            command::Column::NewCode,
+            case_by_id(batch, command::Column::NewCode, new_code),
+        )
         .col_expr(
             command::Column::ErrorKind,
-            Expr::value(err.as_ref().map(|e| e.kind.as_str())),
+            case_by_id(batch, command::Column::ErrorKind, |c| {
+                error(c).map(|e| e.kind.as_str().to_owned())
+            }),
         )
         .col_expr(
             command::Column::ErrorMessage,
-            Expr::value(err.as_ref().map(|e| e.message.clone())),
+            case_by_id(batch, command::Column::ErrorMessage, |c| {
+                error(c).map(|e| e.message.clone())
+            }),
         )
         .col_expr(
             command::Column::HttpStatus,
-            Expr::value(err.as_ref().and_then(|e| e.http_status).map(i32::from)),
+            case_by_id(batch, command::Column::HttpStatus, |c| {
+                error(c).and_then(|e| e.http_status).map(i32::from)
+            }),
         )
-        .col_expr(command::Column::EventId, Expr::value(event_id))
+        .col_expr(
+            command::Column::EventId,
+            case_by_id(batch, command::Column::EventId, event_id),
+        )
         .col_expr(command::Column::UpdatedAt, Expr::value(t))
         .col_expr(command::Column::FinishedAt, Expr::value(Some(t)))
-        .filter(command::Column::CommandId.eq(&id))
+        .filter(command::Column::CommandId.is_in(ids))
         .filter(command::Column::Status.ne(STATUS_DONE))
-        .exec(txn)
+        .exec_with_returning(txn)
         .await?;
-    if updated.rows_affected == 0 {
-        return Ok(false);
-    }
-    let existing = c.link.clone();
-    let stored_code = existing.as_ref().and_then(|l| l.invite_code.clone());
+    Ok(done.into_iter().map(|row| row.command_id).collect())
+}
 
+/// Queues the rows one fresh outcome writes: history, link state, outbox, lease release.
+fn stage_completion(c: &Completion, deferred: &mut Deferred, t: DateTime<Utc>) {
+    let cmd = &c.cmd;
+    let key = GroupKey::of(cmd);
+    let (new_code, err) = match &c.outcome {
+        Outcome::Rotated { link, .. } => (Some(link.code.as_str().to_owned()), None),
+        Outcome::Failed(e) => (None, Some(e)),
+        Outcome::Skipped => (None, None),
+    };
+    let stored_code = c.link.as_ref().and_then(|l| l.invite_code.clone());
     if let Some((old, new)) = &c.external_change {
         deferred.history.push(history_row(
             &key,
@@ -425,32 +474,33 @@ async fn write_completion<C: ConnectionTrait>(
         c.outcome.as_str(),
         c.attempts,
         old_code,
-        new_code.clone(),
-        err.as_ref(),
+        new_code,
+        err,
         t,
     ));
 
-    let mut link_row: link::ActiveModel = match existing {
-        Some(m) => m.into(),
-        None => link::ActiveModel {
-            backend: Set(key.backend.clone()),
-            session_id: Set(key.session_id.clone()),
-            group_id: Set(key.group_id.clone()),
-            invite_code: Set(None),
-            issued_at: Set(None),
-            expires_at: Set(None),
-            expires_at_source: Set(None),
-            rotation_count: Set(0),
-            last_command_id: Set(None),
-            last_rotated_at: Set(None),
-            updated_at: Set(t),
-            ..Default::default()
-        },
-    };
-    let mut touch_link = false;
+    // The link row as read under the group lease, with this outcome applied. Nobody else
+    // writes it meanwhile, so the whole row is written back (scheduler columns excepted).
+    let mut row = c.link.clone().unwrap_or_else(|| link::Model {
+        id: 0,
+        backend: key.backend.clone(),
+        session_id: key.session_id.clone(),
+        group_id: key.group_id.clone(),
+        invite_code: None,
+        issued_at: None,
+        expires_at: None,
+        expires_at_source: None,
+        rotation_count: 0,
+        last_command_id: None,
+        last_rotated_at: None,
+        updated_at: t,
+        scheduled_for: None,
+        scheduled_at: None,
+    });
+    let mut touched = false;
     if let Some((_, new)) = &c.external_change {
-        link_row.invite_code = Set(Some(new.clone()));
-        touch_link = true;
+        row.invite_code = Some(new.clone());
+        touched = true;
     }
     if let Outcome::Rotated {
         link,
@@ -459,28 +509,36 @@ async fn write_completion<C: ConnectionTrait>(
         ..
     } = &c.outcome
     {
-        let count = match &link_row.rotation_count {
-            sea_orm::ActiveValue::Set(n) | sea_orm::ActiveValue::Unchanged(n) => *n,
-            sea_orm::ActiveValue::NotSet => 0,
-        };
-        link_row.invite_code = Set(Some(link.code.as_str().to_owned()));
-        link_row.issued_at = Set(Some(t));
-        link_row.expires_at = Set(Some(*expires_at));
-        link_row.expires_at_source = Set(Some(source.as_str().to_owned()));
-        link_row.rotation_count = Set(count + 1);
-        link_row.last_command_id = Set(Some(id.clone()));
-        link_row.last_rotated_at = Set(Some(t));
-        touch_link = true;
+        row.invite_code = Some(link.code.as_str().to_owned());
+        row.issued_at = Some(t);
+        row.expires_at = Some(*expires_at);
+        row.expires_at_source = Some(source.as_str().to_owned());
+        row.rotation_count += 1;
+        row.last_command_id = Some(cmd.id.to_string());
+        row.last_rotated_at = Some(t);
+        touched = true;
     }
-    if touch_link {
-        link_row.updated_at = Set(t);
-        link_row.save(txn).await?;
+    if touched {
+        row.updated_at = t;
+        deferred.links.push(link::ActiveModel {
+            backend: Set(row.backend),
+            session_id: Set(row.session_id),
+            group_id: Set(row.group_id),
+            invite_code: Set(row.invite_code),
+            issued_at: Set(row.issued_at),
+            expires_at: Set(row.expires_at),
+            expires_at_source: Set(row.expires_at_source),
+            rotation_count: Set(row.rotation_count),
+            last_command_id: Set(row.last_command_id),
+            last_rotated_at: Set(row.last_rotated_at),
+            updated_at: Set(row.updated_at),
+            ..Default::default()
+        });
     }
     deferred.outbox.extend(outbox_rows(&c.messages, t));
     if let Some(lease) = &c.release_lease {
         deferred.leases.push(lease.clone());
     }
-    Ok(true)
 }
 
 impl Store {
@@ -812,6 +870,8 @@ fn outbox_rows(messages: &[OutboxMessage], at: DateTime<Utc>) -> Vec<outbox::Act
 /// Rows that a batch of outcomes writes with one multi-row statement per table.
 #[derive(Default)]
 struct Deferred {
+    /// Link rows to upsert by (backend, session, group).
+    links: Vec<link::ActiveModel>,
     history: Vec<history::ActiveModel>,
     outbox: Vec<outbox::ActiveModel>,
     /// Leases to release: (lane, owner).
@@ -820,6 +880,26 @@ struct Deferred {
 
 impl Deferred {
     async fn flush<C: ConnectionTrait>(self, db: &C) -> Result<(), DbErr> {
+        if !self.links.is_empty() {
+            use link::Column as L;
+            let upsert =
+                sea_orm::sea_query::OnConflict::columns([L::Backend, L::SessionId, L::GroupId])
+                    .update_columns([
+                        L::InviteCode,
+                        L::IssuedAt,
+                        L::ExpiresAt,
+                        L::ExpiresAtSource,
+                        L::RotationCount,
+                        L::LastCommandId,
+                        L::LastRotatedAt,
+                        L::UpdatedAt,
+                    ])
+                    .to_owned();
+            link::Entity::insert_many(self.links)
+                .on_conflict(upsert)
+                .exec_without_returning(db)
+                .await?;
+        }
         if !self.history.is_empty() {
             history::Entity::insert_many(self.history)
                 .exec_without_returning(db)
