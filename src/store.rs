@@ -137,8 +137,17 @@ impl Store {
         self.db.get_database_backend()
     }
 
+    /// Applies pending migrations. On PostgreSQL under a transaction-scoped advisory lock,
+    /// so that replicas starting together on a fresh database do not race.
     pub async fn migrate(&self) -> Result<(), DbErr> {
-        Migrator::up(&self.db, None).await
+        if self.backend() != DbBackend::Postgres {
+            return Migrator::up(&self.db, None).await;
+        }
+        let txn = self.db.begin().await?;
+        txn.execute_unprepared("SELECT pg_advisory_xact_lock(7261534019)")
+            .await?;
+        Migrator::up(&txn, None).await?;
+        txn.commit().await
     }
 
     pub async fn ping(&self) -> bool {

@@ -296,3 +296,83 @@ async fn two_workers_share_one_database_without_overlapping_a_group() {
     b.stop().await;
     assert!(events.drain_now().is_empty(), "no duplicate events");
 }
+
+/// The same with two real `invite-worker run` processes against the `simulate` binary
+/// (a readable kind): every command has exactly one outcome and no reset overlapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_run_processes_share_one_database_and_queue() {
+    use crate::helpers::{SimulatorProcess, WorkerProcess};
+    const TOKEN: &str = "two-proc-token-5d1";
+    let env = TestEnv::new(Db::Postgres).await;
+    let sim = SimulatorProcess::spawn(TOKEN);
+    sim.control("latency", serde_json::json!({"ms": 5})).await;
+    let mut vars = env.process_env();
+    vars.extend(
+        [
+            ("KIND", "waha".to_owned()),
+            ("BASE_URL", format!("{}/waha", sim.base)),
+            ("TOKEN", TOKEN.to_owned()),
+            ("RATE_LIMIT_PER_SESSION", "1000/s".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("INVITE_WORKER__BACKENDS__WAHA__{k}"), v)),
+    );
+    vars.push(("INVITE_WORKER__AMQP__PREFETCH".into(), "16".into()));
+    let mut events = env.tap_events().await;
+    let mut a = WorkerProcess::spawn(&vars, None, env.dir().join("a.log"));
+    let mut b = WorkerProcess::spawn(&vars, None, env.dir().join("b.log"));
+
+    let specs: Vec<_> = (0..200)
+        .map(|i| invite_worker::send::CommandSpec {
+            backend: Some("waha".into()),
+            ..revoke("sales", &group(300 + i % 10))
+        })
+        .collect();
+    let ids: HashSet<String> = env
+        .send(&specs)
+        .await
+        .into_iter()
+        .map(|u| u.to_string())
+        .collect();
+    let got = events.take(200, Duration::from_secs(120)).await;
+    let commands: HashSet<String> = got
+        .iter()
+        .filter_map(|(_, e)| e["command_id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(commands, ids, "every command has one event");
+    let stats = sim.stats().await;
+    assert_eq!(
+        stats["max_group_concurrency"], 1,
+        "no two requests of one group overlapped"
+    );
+    let resets: u64 = stats["resets"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(resets, 200);
+    a.terminate();
+    b.terminate();
+    assert!(
+        a.exit_within(Duration::from_secs(30)).await.success(),
+        "{}",
+        a.log_tail()
+    );
+    assert!(
+        b.exit_within(Duration::from_secs(30)).await.success(),
+        "{}",
+        b.log_tail()
+    );
+    let store = env.store().await;
+    let rows = command::Entity::find()
+        .all(store.connection())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 200);
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "done" && r.outcome.as_deref() == Some("rotated"))
+    );
+    assert!(events.drain_now().is_empty(), "no duplicate events");
+}
