@@ -340,6 +340,15 @@ impl Publisher {
         }
     }
 
+    /// Closes the channel (before the connection closes, so that lapin does not report
+    /// the connection closing under an open channel).
+    pub async fn close(&self) {
+        let taken = self.channel.lock().await.take();
+        if let Some(ch) = taken {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ch.close(200, "OK".into())).await;
+        }
+    }
+
     /// Publishes one message and waits for its confirm.
     pub async fn publish(&self, m: &OutboxMessage) -> Result<(), PublishError> {
         let results = self.publish_batch(std::slice::from_ref(m)).await?;

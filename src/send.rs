@@ -139,9 +139,15 @@ pub async fn publish_batched(
     );
     let timeout = settings.amqp.confirm_timeout;
     let mut results = Vec::with_capacity(specs.len());
+    let broker_err = |confirmed: usize| move |source| SendError::Broker { confirmed, source };
+    let ch = match broker.channel().await {
+        Ok(ch) => ch,
+        Err(e) => {
+            broker.close().await;
+            return Err(broker_err(0)(e));
+        }
+    };
     let outcome = async {
-        let broker_err = |confirmed: usize| move |source| SendError::Broker { confirmed, source };
-        let ch = broker.channel().await.map_err(broker_err(0))?;
         declare(&ch, &topo, settings.amqp.queue_type)
             .await
             .map_err(broker_err(0))?;
@@ -186,6 +192,7 @@ pub async fn publish_batched(
         Ok(())
     }
     .await;
+    let _ = ch.close(200, "OK".into()).await;
     broker.close().await;
     outcome.map(|()| results)
 }

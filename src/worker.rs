@@ -202,6 +202,7 @@ impl Worker {
         relay.drain(Duration::from_secs(10)).await;
         tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+        self.publisher.close().await;
         self.broker.close().await;
         info!("stopped");
         Ok(())
