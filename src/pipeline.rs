@@ -627,12 +627,13 @@ impl Pipeline {
                 self.commits.complete(completion.clone())
             })
             .await?;
-        ctx.lease.mark_released();
         if !fresh {
+            // Nothing was written, the lease included: the caller releases it.
             debug!("command was completed elsewhere meanwhile");
             m::duplicate();
             return Ok(Disposition::Ack);
         }
+        ctx.lease.mark_released();
         failpoint::hit(failpoint::AFTER_COMMIT);
         m::command_outcome(Some(cmd.kind), label);
         if !completion.messages.is_empty() {
