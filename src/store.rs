@@ -9,7 +9,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Statement, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 
@@ -253,13 +253,8 @@ impl Store {
         Ok(())
     }
 
-    /// Starts a new attempt cycle for a failed command (operator replay).
-    pub async fn reopen_failed(&self, command_id: &str) -> Result<bool, DbErr> {
-        reopen_failed_on(&self.db, command_id).await
-    }
-
-    /// [`Store::reopen_failed`] plus a `replayed` history row for the command's group,
-    /// in one transaction. False when the command is not recorded as failed.
+    /// Reopens a failed command (a new attempt cycle) and adds a `replayed` history row
+    /// for its group, in one transaction. False when the command is not recorded as failed.
     pub async fn replay_failed(&self, command_id: &str) -> Result<bool, DbErr> {
         let txn = self.db.begin().await?;
         if !reopen_failed_on(&txn, command_id).await? {
@@ -714,20 +709,6 @@ impl Store {
             .filter(history::Column::SessionId.eq(&key.session_id))
             .filter(history::Column::GroupId.eq(&key.group_id))
             .order_by_asc(history::Column::Id)
-            .all(&self.db)
-            .await
-    }
-
-    /// Links whose expiry falls at or before `due`, soonest first.
-    pub async fn links_due(
-        &self,
-        due: DateTime<Utc>,
-        limit: u64,
-    ) -> Result<Vec<link::Model>, DbErr> {
-        link::Entity::find()
-            .filter(link::Column::ExpiresAt.lte(due))
-            .order_by_asc(link::Column::ExpiresAt)
-            .limit(limit)
             .all(&self.db)
             .await
     }
