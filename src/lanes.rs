@@ -10,7 +10,7 @@ use std::{
 
 use tokio::{sync::OwnedMutexGuard, task::JoinHandle};
 
-use crate::store::Store;
+use crate::{batch::Batcher, store::Store};
 
 #[derive(Clone, Default)]
 pub struct Lanes {
@@ -62,10 +62,13 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Tries to take the lease, waiting up to `patience` while another process holds it.
+    /// Tries to take the lease (through `attempts`, which batches the statements of
+    /// concurrent commands and takes leases for `owner` with `ttl`), waiting up to
+    /// `patience` while another process holds it.
     /// `Ok(None)` when it is still held elsewhere after that.
     pub async fn acquire(
         store: &Store,
+        attempts: &Batcher<String, bool>,
         lane: &str,
         owner: &str,
         ttl: Duration,
@@ -74,7 +77,7 @@ impl Lease {
         let deadline = tokio::time::Instant::now() + patience;
         let mut wait = Duration::from_millis(10);
         loop {
-            if store.try_lease(lane, owner, ttl).await? {
+            if attempts.call(lane.to_owned()).await? {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {

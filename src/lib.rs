@@ -3,6 +3,7 @@
 
 pub mod amqp;
 pub mod backend;
+pub mod batch;
 pub mod command;
 pub mod config;
 pub mod dead_letters;

@@ -4,7 +4,7 @@
 use std::{sync::OnceLock, time::Duration};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::{
     backend::{BackendError, ErrorKind, Link},
@@ -21,6 +21,12 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets(&[
                     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 ])
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("invite_worker_db_batch_size".into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+                    )
+                })
                 .ok()
                 .and_then(|b| b.install_recorder().ok())
                 .unwrap_or_else(|| PrometheusBuilder::new().build_recorder().handle());
@@ -103,6 +109,14 @@ fn describe() {
         "Deliveries of already completed commands"
     );
     describe_counter!("invite_worker_db_errors_total", "Database errors (retried)");
+    describe_histogram!(
+        "invite_worker_db_batch_size",
+        "Requests of concurrent commands executed together, by statement"
+    );
+    describe_histogram!(
+        "invite_worker_db_batch_duration_seconds",
+        "Time to execute one batch of requests, by statement"
+    );
     describe_counter!(
         "invite_worker_events_published_total",
         "Outbox messages confirmed by the broker"
@@ -131,6 +145,13 @@ pub fn backend_request(backend: &str, op: &'static str, result: &Result<Link, Ba
 pub fn backend_duration(backend: &str, op: &'static str, d: Duration) {
     histogram!("invite_worker_backend_request_duration_seconds", "backend" => backend.to_owned(), "operation" => op)
         .record(d.as_secs_f64());
+}
+
+/// How many requests one batched statement served, and how long it took.
+pub fn batch(statement: &'static str, n: usize, took: Duration) {
+    histogram!("invite_worker_db_batch_size", "statement" => statement).record(n as f64);
+    histogram!("invite_worker_db_batch_duration_seconds", "statement" => statement)
+        .record(took.as_secs_f64());
 }
 
 /// Time spent in one step of a command (database operations, lane waits), for profiling.

@@ -122,8 +122,8 @@ struct Ctx<'a> {
 pub struct Pipeline {
     pub settings: Arc<Settings>,
     pub store: Store,
-    /// Group commit of outcomes.
-    pub commits: store::CommitQueue,
+    /// Batched statements shared by concurrent commands, group commit included.
+    pub db: store::Batches,
     pub topology: Topology,
     pub backends: HashMap<String, BackendEntry>,
     pub lanes: Lanes,
@@ -323,7 +323,7 @@ impl Pipeline {
 
     async fn run(&self, cmd: &Command, body: &[u8]) -> Result<Disposition, Unsettled> {
         let row = self
-            .persist("recording the command", || self.store.inbox_begin(cmd))
+            .persist("recording the command", || self.db.inbox.call(cmd.clone()))
             .await?;
         if row.status == store::STATUS_DONE {
             debug!("command already completed; acknowledging duplicate");
@@ -348,6 +348,7 @@ impl Pipeline {
             .persist("taking the group lease", || {
                 Lease::acquire(
                     &self.store,
+                    &self.db.leases,
                     &lane,
                     &self.instance_id,
                     ttl,
@@ -377,7 +378,7 @@ impl Pipeline {
         let id = row.command_id.as_str();
         let key = GroupKey::of(cmd);
         let stored = self
-            .persist("reading the link", || self.store.link_get(&key))
+            .persist("reading the link", || self.db.links.call(key.clone()))
             .await?;
         let ctx = Ctx {
             cmd,
@@ -493,8 +494,11 @@ impl Pipeline {
             tracing::Span::current().record("attempt", attempts);
             let current = self
                 .persist("recording the attempt", || {
-                    self.store
-                        .mark_executing(id, before.as_deref(), attempts as i32)
+                    self.db.attempts.call(store::Attempt {
+                        command_id: id.to_owned(),
+                        before_code: before.clone(),
+                        attempts: attempts as i32,
+                    })
                 })
                 .await?;
             if !current {
@@ -624,7 +628,7 @@ impl Pipeline {
         });
         let fresh = self
             .persist("committing the outcome", || {
-                self.commits.complete(completion.clone())
+                self.db.commits.call(completion.clone())
             })
             .await?;
         if !fresh {

@@ -117,11 +117,12 @@ impl Worker {
         let health = Arc::new(Health::default());
         health.db_up.store(true, Ordering::Relaxed);
         let _ = health.broker.set(broker.clone());
+        let id = instance_id(&settings);
         let pipeline = Arc::new(Pipeline {
             retry: RetryPolicy::from_settings(&settings.retry),
-            instance_id: instance_id(&settings),
+            db: crate::store::Batches::start(&store, &id, settings.worker.group_lease),
+            instance_id: id,
             settings,
-            commits: crate::store::CommitQueue::start(store.clone(), 4),
             store,
             topology,
             backends,

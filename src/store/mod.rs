@@ -13,8 +13,11 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait},
 };
 
+mod pg;
+
 use crate::{
     backend::{BackendError, Link},
+    batch::Batcher,
     command::Command,
     events::{ExpirySource, OutboxMessage},
 };
@@ -39,6 +42,14 @@ impl GroupKey {
             backend: cmd.backend.clone(),
             session_id: cmd.session.as_str().to_owned(),
             group_id: cmd.group.as_str().to_owned(),
+        }
+    }
+
+    pub fn of_link(row: &link::Model) -> Self {
+        Self {
+            backend: row.backend.clone(),
+            session_id: row.session_id.clone(),
+            group_id: row.group_id.clone(),
         }
     }
 
@@ -85,6 +96,30 @@ pub struct Completion {
     pub release_lease: Option<(String, String)>,
 }
 
+impl Completion {
+    fn new_code(&self) -> Option<String> {
+        match &self.outcome {
+            Outcome::Rotated { link, .. } => Some(link.code.as_str().to_owned()),
+            _ => None,
+        }
+    }
+
+    fn error(&self) -> Option<&BackendError> {
+        match &self.outcome {
+            Outcome::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The id of the event this outcome publishes (dead-letter copies have none).
+    fn event_id(&self) -> Option<String> {
+        self.messages
+            .iter()
+            .find(|m| !m.exchange.is_empty())
+            .and_then(|m| m.message_id.clone())
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     /// Outcome commits: durable before the command is acknowledged.
@@ -116,15 +151,30 @@ impl Store {
         // caller's own backoff (not a pool queue) decides when to try again.
         .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
-        let db = Database::connect(opts.clone()).await?;
         if is_sqlite {
+            let db = Database::connect(opts).await?;
             db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
             return Ok(Self {
                 fast: db.clone(),
                 db,
             });
         }
-        opts.map_sqlx_postgres_opts(|o| o.options([("synchronous_commit", "off")]));
+        // The hot statements take their rows as a JSON parameter, which PostgreSQL
+        // estimates at 100 rows whatever the batch, and they are prepared once per
+        // connection, so a generic plan made while a table was small (a sequential scan
+        // joined by hash) would stay in use as the table grows. Every statement here
+        // looks rows up by key, so index scans in nested loops are always right.
+        let planner = [
+            ("enable_hashjoin", "off"),
+            ("enable_mergejoin", "off"),
+            ("enable_seqscan", "off"),
+        ];
+        let mut durable = opts.clone();
+        durable.map_sqlx_postgres_opts(move |o| o.options(planner));
+        let db = Database::connect(durable).await?;
+        opts.map_sqlx_postgres_opts(move |o| {
+            o.options(planner).options([("synchronous_commit", "off")])
+        });
         let fast = Database::connect(opts).await?;
         Ok(Self { db, fast })
     }
@@ -135,6 +185,10 @@ impl Store {
 
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
+    }
+
+    fn is_postgres(&self) -> bool {
+        self.backend() == DbBackend::Postgres
     }
 
     /// Applies pending migrations. On PostgreSQL under a transaction-scoped advisory lock,
@@ -161,44 +215,48 @@ impl Store {
 
     // ---- inbox ----
 
+    /// Records each command as received unless its row exists (two statements whatever
+    /// the number of commands); returns the rows in the order of `cmds`.
+    pub async fn inbox_begin_many(&self, cmds: &[Command]) -> Result<Vec<command::Model>, DbErr> {
+        let t = now();
+        let ids: Vec<String> = cmds.iter().map(|c| c.id.to_string()).collect();
+        let rows = cmds.iter().map(|c| received_row(c, t));
+        let found = if self.is_postgres() {
+            pg::inbox_begin(&self.fast, rows.collect()).await?
+        } else {
+            command::Entity::insert_many(rows)
+                .on_conflict_do_nothing()
+                .exec_without_returning(&self.fast)
+                .await?;
+            command::Entity::find()
+                .filter(command::Column::CommandId.is_in(ids.iter().cloned()))
+                .all(&self.fast)
+                .await?
+        };
+        let rows: std::collections::HashMap<String, command::Model> = found
+            .into_iter()
+            .map(|row| (row.command_id.clone(), row))
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in &ids {
+            // Missing only when a concurrent transaction inserted it after this
+            // statement's snapshot: read it again.
+            let row = match rows.get(id) {
+                Some(row) => row.clone(),
+                None => self
+                    .inbox_get(id)
+                    .await?
+                    .ok_or_else(|| DbErr::RecordNotFound(format!("command {id}")))?,
+            };
+            out.push(row);
+        }
+        Ok(out)
+    }
+
     /// Records the command as received unless its row exists; returns the row.
     pub async fn inbox_begin(&self, cmd: &Command) -> Result<command::Model, DbErr> {
-        let t = now();
-        let row = command::ActiveModel {
-            command_id: Set(cmd.id.to_string()),
-            command_type: Set(cmd.kind.as_str().to_owned()),
-            backend: Set(cmd.backend.clone()),
-            session_id: Set(cmd.session.as_str().to_owned()),
-            group_id: Set(cmd.group.as_str().to_owned()),
-            reason: Set(cmd.reason.clone()),
-            requested_by: Set(cmd.requested_by.clone()),
-            status: Set(STATUS_RECEIVED.to_owned()),
-            outcome: Set(None),
-            attempts: Set(0),
-            cycle: Set(1),
-            before_code: Set(None),
-            new_code: Set(None),
-            error_kind: Set(None),
-            error_message: Set(None),
-            http_status: Set(None),
-            event_id: Set(None),
-            received_at: Set(t),
-            updated_at: Set(t),
-            finished_at: Set(None),
-        };
-        // RETURNING yields no row on conflict, which sea-orm reports as an error of its own.
-        let inserted = command::Entity::insert(row)
-            .on_conflict_do_nothing()
-            .exec_with_returning(&self.fast)
-            .await;
-        match inserted {
-            Ok(sea_orm::TryInsertResult::Inserted(model)) => Ok(model),
-            Ok(_) | Err(DbErr::RecordNotInserted) | Err(DbErr::RecordNotFound(_)) => self
-                .inbox_get(&cmd.id.to_string())
-                .await?
-                .ok_or_else(|| DbErr::RecordNotFound(format!("command {}", cmd.id))),
-            Err(e) => Err(e),
-        }
+        let mut rows = self.inbox_begin_many(std::slice::from_ref(cmd)).await?;
+        Ok(rows.remove(0))
     }
 
     pub async fn inbox_get(&self, command_id: &str) -> Result<Option<command::Model>, DbErr> {
@@ -215,19 +273,57 @@ impl Store {
         before_code: Option<&str>,
         attempts: i32,
     ) -> Result<bool, DbErr> {
-        let res = command::Entity::update_many()
+        let attempt = Attempt {
+            command_id: command_id.to_owned(),
+            before_code: before_code.map(str::to_owned),
+            attempts,
+        };
+        Ok(self.mark_executing_many(&[attempt]).await?[0])
+    }
+
+    /// [`Store::mark_executing`] for several commands in one statement; answers in order.
+    pub async fn mark_executing_many(&self, batch: &[Attempt]) -> Result<Vec<bool>, DbErr> {
+        let ids: Vec<String> = batch.iter().map(|a| a.command_id.clone()).collect();
+        if self.is_postgres() {
+            let marked: std::collections::HashSet<String> =
+                pg::mark_executing(&self.fast, batch, now())
+                    .await?
+                    .into_iter()
+                    .collect();
+            return Ok(ids.iter().map(|id| marked.contains(id)).collect());
+        }
+        let case = |column, value: &dyn Fn(&Attempt) -> sea_orm::Value| {
+            let mut case = sea_orm::sea_query::CaseStatement::new();
+            for a in batch {
+                case = case.case(
+                    Expr::col(command::Column::CommandId).eq(a.command_id.clone()),
+                    Expr::val(value(a)),
+                );
+            }
+            let expr: Expr = case.finally(Expr::col(column)).into();
+            expr
+        };
+        let marked: std::collections::HashSet<String> = command::Entity::update_many()
             .col_expr(command::Column::Status, Expr::value(STATUS_EXECUTING))
             .col_expr(
                 command::Column::BeforeCode,
-                Expr::value(before_code.map(str::to_owned)),
+                case(command::Column::BeforeCode, &|a| {
+                    a.before_code.clone().into()
+                }),
             )
-            .col_expr(command::Column::Attempts, Expr::value(attempts))
+            .col_expr(
+                command::Column::Attempts,
+                case(command::Column::Attempts, &|a| a.attempts.into()),
+            )
             .col_expr(command::Column::UpdatedAt, Expr::value(now()))
-            .filter(command::Column::CommandId.eq(command_id))
+            .filter(command::Column::CommandId.is_in(ids.iter().cloned()))
             .filter(command::Column::Status.ne(STATUS_DONE))
-            .exec(&self.fast)
-            .await?;
-        Ok(res.rows_affected > 0)
+            .exec_with_returning(&self.fast)
+            .await?
+            .into_iter()
+            .map(|row| row.command_id)
+            .collect();
+        Ok(ids.iter().map(|id| marked.contains(id)).collect())
     }
 
     /// Keeps the last transient error of a parked command, for when it comes back.
@@ -294,12 +390,43 @@ impl Store {
     }
 
     pub async fn link_get(&self, key: &GroupKey) -> Result<Option<link::Model>, DbErr> {
-        link::Entity::find()
-            .filter(link::Column::Backend.eq(&key.backend))
-            .filter(link::Column::SessionId.eq(&key.session_id))
-            .filter(link::Column::GroupId.eq(&key.group_id))
-            .one(&self.fast)
-            .await
+        Ok(self
+            .link_get_many(std::slice::from_ref(key))
+            .await?
+            .remove(0))
+    }
+
+    /// The tracked links of several groups in one query; answers in the order of `keys`.
+    pub async fn link_get_many(
+        &self,
+        keys: &[GroupKey],
+    ) -> Result<Vec<Option<link::Model>>, DbErr> {
+        if self.is_postgres() {
+            let found: std::collections::HashMap<GroupKey, link::Model> =
+                pg::links(&self.fast, keys)
+                    .await?
+                    .into_iter()
+                    .map(|row| (GroupKey::of_link(&row), row))
+                    .collect();
+            return Ok(keys.iter().map(|k| found.get(k).cloned()).collect());
+        }
+        let mut any = sea_orm::Condition::any();
+        for key in keys {
+            any = any.add(
+                sea_orm::Condition::all()
+                    .add(link::Column::Backend.eq(&key.backend))
+                    .add(link::Column::SessionId.eq(&key.session_id))
+                    .add(link::Column::GroupId.eq(&key.group_id)),
+            );
+        }
+        let found: std::collections::HashMap<GroupKey, link::Model> = link::Entity::find()
+            .filter(any)
+            .all(&self.fast)
+            .await?
+            .into_iter()
+            .map(|row| (GroupKey::of_link(&row), row))
+            .collect();
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
     }
 
     /// Commits a command's outcome, link state, history and outbox rows atomically.
@@ -308,29 +435,20 @@ impl Store {
         Ok(self.commit_batch(&[c]).await?[0])
     }
 
-    /// Commits several outcomes in one transaction (group commit). When the batch fails,
-    /// each is committed on its own so that one bad row cannot hold back the others.
-    pub async fn complete_many(&self, batch: &[Arc<Completion>]) -> Vec<Result<bool, DbErr>> {
-        let all: Vec<&Completion> = batch.iter().map(|c| c.as_ref()).collect();
-        match self.commit_batch(&all).await {
-            Ok(fresh) => fresh.into_iter().map(Ok).collect(),
-            Err(_) if batch.len() > 1 => {
-                let mut out = Vec::with_capacity(batch.len());
-                for c in batch {
-                    out.push(self.complete(c).await);
-                }
-                out
-            }
-            Err(e) => vec![Err(e)],
-        }
-    }
-
     /// One transaction with a fixed number of statements whatever the batch size: mark
     /// the commands done (skipping any already done, so a retry after a lost commit
     /// answer writes nothing twice), then multi-row writes of links, history, outbox and
     /// lease releases. Returns, per completion, whether it was written.
     async fn commit_batch(&self, batch: &[&Completion]) -> Result<Vec<bool>, DbErr> {
         let t = now();
+        if self.is_postgres() {
+            let written: std::collections::HashSet<String> =
+                pg::commit(&self.db, batch, t).await?.into_iter().collect();
+            return Ok(batch
+                .iter()
+                .map(|c| written.contains(&c.cmd.id.to_string()))
+                .collect());
+        }
         let txn = self.db.begin().await?;
         // The first statement writes, so SQLite takes its write lock up front.
         let fresh_ids = mark_done(&txn, batch, t).await?;
@@ -347,6 +465,40 @@ impl Store {
         deferred.flush(&txn).await?;
         txn.commit().await?;
         Ok(fresh)
+    }
+}
+
+/// One command's attempt marker, written before its reset call.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub command_id: String,
+    pub before_code: Option<String>,
+    pub attempts: i32,
+}
+
+/// A new inbox row in state `received`.
+fn received_row(cmd: &Command, t: DateTime<Utc>) -> command::ActiveModel {
+    command::ActiveModel {
+        command_id: Set(cmd.id.to_string()),
+        command_type: Set(cmd.kind.as_str().to_owned()),
+        backend: Set(cmd.backend.clone()),
+        session_id: Set(cmd.session.as_str().to_owned()),
+        group_id: Set(cmd.group.as_str().to_owned()),
+        reason: Set(cmd.reason.clone()),
+        requested_by: Set(cmd.requested_by.clone()),
+        status: Set(STATUS_RECEIVED.to_owned()),
+        outcome: Set(None),
+        attempts: Set(0),
+        cycle: Set(1),
+        before_code: Set(None),
+        new_code: Set(None),
+        error_kind: Set(None),
+        error_message: Set(None),
+        http_status: Set(None),
+        event_id: Set(None),
+        received_at: Set(t),
+        updated_at: Set(t),
+        finished_at: Set(None),
     }
 }
 
@@ -372,24 +524,11 @@ async fn mark_done<C: ConnectionTrait>(
     batch: &[&Completion],
     t: DateTime<Utc>,
 ) -> Result<std::collections::HashSet<String>, DbErr> {
-    fn new_code(c: &Completion) -> Option<String> {
-        match &c.outcome {
-            Outcome::Rotated { link, .. } => Some(link.code.as_str().to_owned()),
-            _ => None,
-        }
-    }
-    fn error(c: &Completion) -> Option<&BackendError> {
-        match &c.outcome {
-            Outcome::Failed(e) => Some(e),
-            _ => None,
-        }
-    }
-    fn event_id(c: &Completion) -> Option<String> {
-        c.messages
-            .iter()
-            .find(|m| !m.exchange.is_empty())
-            .and_then(|m| m.message_id.clone())
-    }
+    let (new_code, error, event_id) = (
+        Completion::new_code,
+        Completion::error,
+        Completion::event_id,
+    );
     let ids: Vec<String> = batch.iter().map(|c| c.cmd.id.to_string()).collect();
     let done = command::Entity::update_many()
         .col_expr(command::Column::Status, Expr::value(STATUS_DONE))
@@ -441,6 +580,7 @@ async fn mark_done<C: ConnectionTrait>(
 /// Queues the rows one fresh outcome writes: history, link state, outbox, lease release.
 fn stage_completion(c: &Completion, deferred: &mut Deferred, t: DateTime<Utc>) {
     let cmd = &c.cmd;
+    let tag = cmd.id.to_string();
     let key = GroupKey::of(cmd);
     let (new_code, err) = match &c.outcome {
         Outcome::Rotated { link, .. } => (Some(link.code.as_str().to_owned()), None),
@@ -449,15 +589,18 @@ fn stage_completion(c: &Completion, deferred: &mut Deferred, t: DateTime<Utc>) {
     };
     let stored_code = c.link.as_ref().and_then(|l| l.invite_code.clone());
     if let Some((old, new)) = &c.external_change {
-        deferred.history.push(history_row(
-            &key,
-            None,
-            "external_change",
-            0,
-            old.clone(),
-            Some(new.clone()),
-            None,
-            t,
+        deferred.history.push((
+            tag.clone(),
+            history_row(
+                &key,
+                None,
+                "external_change",
+                0,
+                old.clone(),
+                Some(new.clone()),
+                None,
+                t,
+            ),
         ));
     }
     let old_code = match &c.outcome {
@@ -472,15 +615,18 @@ fn stage_completion(c: &Completion, deferred: &mut Deferred, t: DateTime<Utc>) {
         cmd,
         started_at: c.started_at,
     };
-    deferred.history.push(history_row(
-        &key,
-        Some(&hist),
-        c.outcome.as_str(),
-        c.attempts,
-        old_code,
-        new_code,
-        err,
-        t,
+    deferred.history.push((
+        tag.clone(),
+        history_row(
+            &key,
+            Some(&hist),
+            c.outcome.as_str(),
+            c.attempts,
+            old_code,
+            new_code,
+            err,
+            t,
+        ),
     ));
 
     // The link row as read under the group lease, with this outcome applied. Nobody else
@@ -524,24 +670,31 @@ fn stage_completion(c: &Completion, deferred: &mut Deferred, t: DateTime<Utc>) {
     }
     if touched {
         row.updated_at = t;
-        deferred.links.push(link::ActiveModel {
-            backend: Set(row.backend),
-            session_id: Set(row.session_id),
-            group_id: Set(row.group_id),
-            invite_code: Set(row.invite_code),
-            issued_at: Set(row.issued_at),
-            expires_at: Set(row.expires_at),
-            expires_at_source: Set(row.expires_at_source),
-            rotation_count: Set(row.rotation_count),
-            last_command_id: Set(row.last_command_id),
-            last_rotated_at: Set(row.last_rotated_at),
-            updated_at: Set(row.updated_at),
-            ..Default::default()
-        });
+        deferred.links.push((
+            tag.clone(),
+            link::ActiveModel {
+                backend: Set(row.backend),
+                session_id: Set(row.session_id),
+                group_id: Set(row.group_id),
+                invite_code: Set(row.invite_code),
+                issued_at: Set(row.issued_at),
+                expires_at: Set(row.expires_at),
+                expires_at_source: Set(row.expires_at_source),
+                rotation_count: Set(row.rotation_count),
+                last_command_id: Set(row.last_command_id),
+                last_rotated_at: Set(row.last_rotated_at),
+                updated_at: Set(row.updated_at),
+                ..Default::default()
+            },
+        ));
     }
-    deferred.outbox.extend(outbox_rows(&c.messages, t));
+    deferred.outbox.extend(
+        outbox_rows(&c.messages, t)
+            .into_iter()
+            .map(|r| (tag.clone(), r)),
+    );
     if let Some(lease) = &c.release_lease {
-        deferred.leases.push(lease.clone());
+        deferred.leases.push((tag, lease.clone()));
     }
 }
 
@@ -566,7 +719,10 @@ impl Store {
             }
         }
         Deferred {
-            outbox: outbox_rows(messages, t),
+            outbox: outbox_rows(messages, t)
+                .into_iter()
+                .map(|r| (String::new(), r))
+                .collect(),
             ..Default::default()
         }
         .flush(&txn)
@@ -580,29 +736,66 @@ impl Store {
     /// Takes or renews the lease on `lane` for `owner` in one statement; false when
     /// another owner holds an unexpired lease.
     pub async fn try_lease(&self, lane: &str, owner: &str, ttl: Duration) -> Result<bool, DbErr> {
+        Ok(self.try_lease_many(&[lane.to_owned()], owner, ttl).await?[0])
+    }
+
+    /// [`Store::try_lease`] for several lanes in one statement; answers in order.
+    pub async fn try_lease_many(
+        &self,
+        lanes: &[String],
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Vec<bool>, DbErr> {
         let t = now();
         let until = t + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(30));
+        // One row per lane: an upsert may not touch a row twice.
+        let mut unique: Vec<&String> = lanes.iter().collect();
+        unique.sort();
+        unique.dedup();
+        if self.is_postgres() {
+            let taken: std::collections::HashSet<String> =
+                pg::try_leases(&self.fast, &unique, owner, until, t)
+                    .await?
+                    .into_iter()
+                    .collect();
+            return Ok(lanes.iter().map(|l| taken.contains(l)).collect());
+        }
         let backend = self.fast.get_database_backend();
-        let sql = match backend {
-            DbBackend::Postgres => {
-                "INSERT INTO group_leases (lane, owner, lease_until) VALUES ($1, $2, $3) \
-                 ON CONFLICT (lane) DO UPDATE SET owner = EXCLUDED.owner, \
-                 lease_until = EXCLUDED.lease_until \
-                 WHERE group_leases.owner = EXCLUDED.owner OR group_leases.lease_until < $4"
-            }
-            _ => {
-                "INSERT INTO group_leases (lane, owner, lease_until) VALUES (?, ?, ?) \
-                 ON CONFLICT (lane) DO UPDATE SET owner = excluded.owner, \
-                 lease_until = excluded.lease_until \
-                 WHERE group_leases.owner = excluded.owner OR group_leases.lease_until < ?"
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(unique.len() * 3 + 1);
+        let mut sql = String::from("INSERT INTO group_leases (lane, owner, lease_until) VALUES ");
+        let param = |values: &mut Vec<sea_orm::Value>, v: sea_orm::Value| {
+            values.push(v);
+            match backend {
+                DbBackend::Postgres => format!("${}", values.len()),
+                _ => "?".to_owned(),
             }
         };
-        let values = [lane.into(), owner.into(), until.into(), t.into()];
-        let res = self
-            .db
-            .execute_raw(Statement::from_sql_and_values(backend, sql, values))
-            .await?;
-        Ok(res.rows_affected() > 0)
+        for (i, lane) in unique.iter().enumerate() {
+            let (a, b, c) = (
+                param(&mut values, (*lane).clone().into()),
+                param(&mut values, owner.into()),
+                param(&mut values, until.into()),
+            );
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("({a}, {b}, {c})"));
+        }
+        let expired = param(&mut values, t.into());
+        sql.push_str(&format!(
+            " ON CONFLICT (lane) DO UPDATE SET owner = excluded.owner, \
+             lease_until = excluded.lease_until \
+             WHERE group_leases.owner = excluded.owner OR group_leases.lease_until < {expired} \
+             RETURNING lane"
+        ));
+        let taken: std::collections::HashSet<String> = self
+            .fast
+            .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String>("", "lane"))
+            .collect::<Result<_, _>>()?;
+        Ok(lanes.iter().map(|l| taken.contains(l)).collect())
     }
 
     pub async fn release_lease(&self, lane: &str, owner: &str) -> Result<(), DbErr> {
@@ -860,12 +1053,13 @@ fn outbox_rows(messages: &[OutboxMessage], at: DateTime<Utc>) -> Vec<outbox::Act
 /// Rows that a batch of outcomes writes with one multi-row statement per table.
 #[derive(Default)]
 struct Deferred {
+    /// Each row with the id of the command whose outcome writes it.
     /// Link rows to upsert by (backend, session, group).
-    links: Vec<link::ActiveModel>,
-    history: Vec<history::ActiveModel>,
-    outbox: Vec<outbox::ActiveModel>,
+    links: Vec<(String, link::ActiveModel)>,
+    history: Vec<(String, history::ActiveModel)>,
+    outbox: Vec<(String, outbox::ActiveModel)>,
     /// Leases to release: (lane, owner).
-    leases: Vec<(String, String)>,
+    leases: Vec<(String, (String, String))>,
 }
 
 impl Deferred {
@@ -885,23 +1079,23 @@ impl Deferred {
                         L::UpdatedAt,
                     ])
                     .to_owned();
-            link::Entity::insert_many(self.links)
+            link::Entity::insert_many(self.links.into_iter().map(|(_, r)| r))
                 .on_conflict(upsert)
                 .exec_without_returning(db)
                 .await?;
         }
         if !self.history.is_empty() {
-            history::Entity::insert_many(self.history)
+            history::Entity::insert_many(self.history.into_iter().map(|(_, r)| r))
                 .exec_without_returning(db)
                 .await?;
         }
         if !self.outbox.is_empty() {
-            outbox::Entity::insert_many(self.outbox)
+            outbox::Entity::insert_many(self.outbox.into_iter().map(|(_, r)| r))
                 .exec_without_returning(db)
                 .await?;
         }
         let mut by_owner: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        for (lane, owner) in self.leases {
+        for (_, (lane, owner)) in self.leases {
             by_owner.entry(owner).or_default().push(lane);
         }
         for (owner, lanes) in by_owner {
@@ -915,63 +1109,71 @@ impl Deferred {
     }
 }
 
-type CommitRequest = (
-    Arc<Completion>,
-    tokio::sync::oneshot::Sender<Result<bool, DbErr>>,
-);
-
-/// Group commit: outcomes submitted while one batch commits are committed together in the
-/// next transaction, so concurrent commands share one round trip to disk.
+/// The statements concurrent commands share (see [`Batcher`]): the inbox receipt, the
+/// group lease, the link read, the attempt marker and the outcome commit. A batch never
+/// holds two requests of one group (the in-process lane admits one command per group
+/// and the group lease is held until the outcome commits), so concurrent batches touch
+/// disjoint rows.
 #[derive(Clone)]
-pub struct CommitQueue {
-    tx: tokio::sync::mpsc::UnboundedSender<CommitRequest>,
+pub struct Batches {
+    pub inbox: Batcher<Command, command::Model>,
+    pub leases: Batcher<String, bool>,
+    pub links: Batcher<GroupKey, Option<link::Model>>,
+    pub attempts: Batcher<Attempt, bool>,
+    /// Group commit: outcomes submitted while one batch commits are committed together
+    /// in the next transaction, so concurrent commands share one wait for the disk.
+    pub commits: Batcher<Arc<Completion>, bool>,
 }
 
-const MAX_COMMIT_BATCH: usize = 128;
+const MAX_BATCH: usize = 128;
 
-impl CommitQueue {
-    /// Starts `committers` committing tasks; they end when every handle is dropped.
-    /// Batches never hold two outcomes of one group (the group lease is held until the
-    /// outcome commits), so concurrent batches touch disjoint rows.
-    pub fn start(store: Store, committers: usize) -> Self {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<CommitRequest>();
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..committers.max(1) {
-            let (store, rx) = (store.clone(), rx.clone());
-            tokio::spawn(async move {
-                loop {
-                    let batch = {
-                        let mut rx = rx.lock().await;
-                        let Some(first) = rx.recv().await else { return };
-                        let mut batch = vec![first];
-                        while batch.len() < MAX_COMMIT_BATCH {
-                            match rx.try_recv() {
-                                Ok(next) => batch.push(next),
-                                Err(_) => break,
-                            }
-                        }
-                        batch
-                    };
-                    let completions: Vec<Arc<Completion>> =
-                        batch.iter().map(|(c, _)| c.clone()).collect();
-                    let results = store.complete_many(&completions).await;
-                    for ((_, reply), result) in batch.into_iter().zip(results) {
-                        let _ = reply.send(result);
-                    }
+impl Batches {
+    /// Starts the batching tasks; leases are taken for `owner` with `ttl`.
+    pub fn start(store: &Store, owner: &str, ttl: Duration) -> Self {
+        let inbox = {
+            let store = store.clone();
+            Batcher::start("inbox_begin", 1, MAX_BATCH, move |cmds: Arc<[Command]>| {
+                let store = store.clone();
+                async move { store.inbox_begin_many(&cmds).await }
+            })
+        };
+        let leases = {
+            let (store, owner) = (store.clone(), Arc::<str>::from(owner));
+            Batcher::start("lease", 1, MAX_BATCH, move |lanes: Arc<[String]>| {
+                let (store, owner) = (store.clone(), owner.clone());
+                async move { store.try_lease_many(&lanes, &owner, ttl).await }
+            })
+        };
+        let links = {
+            let store = store.clone();
+            Batcher::start("link_get", 1, MAX_BATCH, move |keys: Arc<[GroupKey]>| {
+                let store = store.clone();
+                async move { store.link_get_many(&keys).await }
+            })
+        };
+        let attempts = {
+            let store = store.clone();
+            Batcher::start("mark_executing", 1, MAX_BATCH, move |a: Arc<[Attempt]>| {
+                let store = store.clone();
+                async move { store.mark_executing_many(&a).await }
+            })
+        };
+        let commits = {
+            let store = store.clone();
+            Batcher::start("commit", 2, MAX_BATCH, move |c: Arc<[Arc<Completion>]>| {
+                let store = store.clone();
+                async move {
+                    let all: Vec<&Completion> = c.iter().map(|c| c.as_ref()).collect();
+                    store.commit_batch(&all).await
                 }
-            });
+            })
+        };
+        Self {
+            inbox,
+            leases,
+            links,
+            attempts,
+            commits,
         }
-        Self { tx }
-    }
-
-    /// Commits `c` (with whatever else is waiting); false when it was already done.
-    pub async fn complete(&self, c: Arc<Completion>) -> Result<bool, DbErr> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.tx
-            .send((c, reply))
-            .map_err(|_| DbErr::Custom("commit queue stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| DbErr::Custom("commit queue stopped".into()))?
     }
 }

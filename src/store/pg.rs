@@ -1,0 +1,269 @@
+//! PostgreSQL forms of the batched statements: each takes its rows as one JSON
+//! parameter, so its SQL text is the same whatever the batch size (prepared once per
+//! connection) and a whole batch costs one round trip. The outcome commit is a single
+//! statement of data-modifying CTEs: one round trip and one synchronous commit per batch.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use entity::{command, link};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue, ConnectionTrait, DbBackend, DbErr, EntityTrait, IdenStatic,
+    Iterable, Statement, Value, sea_query::value::sea_value_to_json_value,
+};
+use serde_json::{Map, Value as Json};
+
+use super::{
+    Attempt, Completion, Deferred, GroupKey, STATUS_DONE, STATUS_EXECUTING, stage_completion,
+};
+
+fn stmt(sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+fn json_param(rows: Vec<Json>) -> Value {
+    Value::Json(Some(Box::new(Json::Array(rows))))
+}
+
+/// A column value as PostgreSQL's JSON-to-record conversion reads it.
+fn json_value(v: &Value) -> Json {
+    match v {
+        Value::Bytes(Some(b)) => {
+            use std::fmt::Write;
+            let mut s = String::with_capacity(2 + b.len() * 2);
+            s.push_str("\\x");
+            for byte in b.iter() {
+                let _ = write!(s, "{byte:02x}");
+            }
+            Json::String(s)
+        }
+        Value::ChronoDateTimeUtc(Some(t)) => {
+            Json::String(t.to_rfc3339_opts(SecondsFormat::Micros, true))
+        }
+        other => sea_value_to_json_value(other),
+    }
+}
+
+/// The set columns of an active model as a JSON object keyed by column name, tagged
+/// with the command the row belongs to (`_cmd`).
+fn row_json<A: ActiveModelTrait>(row: &A, tag: &str) -> Json {
+    let mut map = Map::new();
+    for col in <<A::Entity as EntityTrait>::Column as Iterable>::iter() {
+        if let ActiveValue::Set(v) | ActiveValue::Unchanged(v) = row.get(col) {
+            map.insert(col.as_str().to_owned(), json_value(&v));
+        }
+    }
+    map.insert("_cmd".to_owned(), Json::String(tag.to_owned()));
+    Json::Object(map)
+}
+
+fn ts(t: DateTime<Utc>) -> Value {
+    t.into()
+}
+
+/// Inserts the `received` rows that do not exist yet and returns every row, in one
+/// statement. Rows inserted by a concurrent transaction not yet visible are missing
+/// from the answer (the caller reads them again).
+pub(super) async fn inbox_begin<C: ConnectionTrait>(
+    db: &C,
+    rows: Vec<command::ActiveModel>,
+) -> Result<Vec<command::Model>, DbErr> {
+    let rows = rows.iter().map(|r| row_json(r, "")).collect();
+    let sql = "WITH v AS (SELECT * FROM jsonb_populate_recordset(NULL::commands, $1::jsonb)), \
+               ins AS (INSERT INTO commands SELECT * FROM v \
+                       ON CONFLICT (command_id) DO NOTHING RETURNING *) \
+               SELECT * FROM ins UNION ALL \
+               SELECT c.* FROM v CROSS JOIN LATERAL \
+                 (SELECT * FROM commands c WHERE c.command_id = v.command_id) c \
+               WHERE v.command_id NOT IN (SELECT command_id FROM ins)";
+    command::Entity::find()
+        .from_raw_sql(stmt(sql, vec![json_param(rows)]))
+        .all(db)
+        .await
+}
+
+/// Takes or renews the leases on `lanes` for `owner`; returns the lanes taken.
+pub(super) async fn try_leases<C: ConnectionTrait>(
+    db: &C,
+    lanes: &[&String],
+    owner: &str,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, DbErr> {
+    let lanes = lanes.iter().map(|l| Json::String((*l).clone())).collect();
+    let sql = "INSERT INTO group_leases (lane, owner, lease_until) \
+               SELECT DISTINCT e #>> '{}', $2, $3 FROM jsonb_array_elements($1::jsonb) e \
+               ON CONFLICT (lane) DO UPDATE SET owner = excluded.owner, \
+               lease_until = excluded.lease_until \
+               WHERE group_leases.owner = excluded.owner OR group_leases.lease_until < $4 \
+               RETURNING lane";
+    let values = vec![json_param(lanes), owner.into(), ts(until), ts(now)];
+    db.query_all_raw(stmt(sql, values))
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String>("", "lane"))
+        .collect()
+}
+
+/// The tracked links of `keys` (those that exist).
+pub(super) async fn links<C: ConnectionTrait>(
+    db: &C,
+    keys: &[GroupKey],
+) -> Result<Vec<link::Model>, DbErr> {
+    let keys = keys
+        .iter()
+        .map(|k| {
+            serde_json::json!({
+                "backend": k.backend, "session_id": k.session_id, "group_id": k.group_id,
+            })
+        })
+        .collect();
+    let sql = "SELECT l.* FROM jsonb_populate_recordset(NULL::links, $1::jsonb) k \
+               CROSS JOIN LATERAL (SELECT * FROM links l WHERE l.backend = k.backend \
+                 AND l.session_id = k.session_id AND l.group_id = k.group_id) l";
+    link::Entity::find()
+        .from_raw_sql(stmt(sql, vec![json_param(keys)]))
+        .all(db)
+        .await
+}
+
+/// Marks commands executing with their attempt markers; returns the ids marked.
+pub(super) async fn mark_executing<C: ConnectionTrait>(
+    db: &C,
+    batch: &[Attempt],
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, DbErr> {
+    let rows = batch
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "command_id": a.command_id, "before_code": a.before_code, "attempts": a.attempts,
+            })
+        })
+        .collect();
+    let sql = "UPDATE commands c SET status = $2, before_code = v.before_code, \
+               attempts = v.attempts, updated_at = $3 \
+               FROM jsonb_populate_recordset(NULL::commands, $1::jsonb) v \
+               WHERE c.command_id = v.command_id AND c.status <> $4 \
+               RETURNING c.command_id";
+    let values = vec![
+        json_param(rows),
+        STATUS_EXECUTING.into(),
+        ts(now),
+        STATUS_DONE.into(),
+    ];
+    db.query_all_raw(stmt(sql, values))
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String>("", "command_id"))
+        .collect()
+}
+
+/// The group commit as one statement: marks the commands done (skipping any already
+/// done) and, for those only, upserts their links, appends history and outbox rows (in
+/// order) and releases their leases. Returns the ids written.
+pub(super) async fn commit<C: ConnectionTrait>(
+    db: &C,
+    batch: &[&Completion],
+    t: DateTime<Utc>,
+) -> Result<Vec<String>, DbErr> {
+    let outcomes = batch
+        .iter()
+        .map(|c| {
+            let err = c.error();
+            serde_json::json!({
+                "command_id": c.cmd.id.to_string(),
+                "outcome": c.outcome.as_str(),
+                "attempts": c.attempts,
+                "new_code": c.new_code(),
+                "error_kind": err.map(|e| e.kind.as_str()),
+                "error_message": err.map(|e| e.message.as_str()),
+                "http_status": err.and_then(|e| e.http_status),
+                "event_id": c.event_id(),
+            })
+        })
+        .collect();
+    let mut deferred = Deferred::default();
+    for c in batch {
+        stage_completion(c, &mut deferred, t);
+    }
+    let links = deferred
+        .links
+        .iter()
+        .map(|(tag, r)| row_json(r, tag))
+        .collect();
+    let history = deferred
+        .history
+        .iter()
+        .map(|(tag, r)| row_json(r, tag))
+        .collect();
+    let outbox = deferred
+        .outbox
+        .iter()
+        .map(|(tag, r)| row_json(r, tag))
+        .collect();
+    let leases = deferred
+        .leases
+        .iter()
+        .map(|(tag, (lane, owner))| serde_json::json!({"_cmd": tag, "lane": lane, "owner": owner}))
+        .collect();
+    let sql = "WITH done AS ( \
+            UPDATE commands c SET status = $6, outcome = v.outcome, attempts = v.attempts, \
+              new_code = v.new_code, error_kind = v.error_kind, \
+              error_message = v.error_message, http_status = v.http_status, \
+              event_id = v.event_id, updated_at = $7, finished_at = $7 \
+            FROM jsonb_populate_recordset(NULL::commands, $1::jsonb) v \
+            WHERE c.command_id = v.command_id AND c.status <> $6 \
+            RETURNING c.command_id), \
+          up AS ( \
+            INSERT INTO links (backend, session_id, group_id, invite_code, issued_at, \
+              expires_at, expires_at_source, rotation_count, last_command_id, \
+              last_rotated_at, updated_at) \
+            SELECT r.backend, r.session_id, r.group_id, r.invite_code, r.issued_at, \
+              r.expires_at, r.expires_at_source, r.rotation_count, r.last_command_id, \
+              r.last_rotated_at, r.updated_at \
+            FROM jsonb_array_elements($2::jsonb) e, jsonb_populate_record(NULL::links, e) r \
+            WHERE e->>'_cmd' IN (SELECT command_id FROM done) \
+            ON CONFLICT (backend, session_id, group_id) DO UPDATE SET \
+              invite_code = excluded.invite_code, issued_at = excluded.issued_at, \
+              expires_at = excluded.expires_at, \
+              expires_at_source = excluded.expires_at_source, \
+              rotation_count = excluded.rotation_count, \
+              last_command_id = excluded.last_command_id, \
+              last_rotated_at = excluded.last_rotated_at, updated_at = excluded.updated_at), \
+          hist AS ( \
+            INSERT INTO link_history (backend, session_id, group_id, command_id, \
+              command_type, trigger, outcome, attempts, old_code, new_code, error_kind, \
+              error_message, started_at, occurred_at) \
+            SELECT r.backend, r.session_id, r.group_id, r.command_id, r.command_type, \
+              r.trigger, r.outcome, r.attempts, r.old_code, r.new_code, r.error_kind, \
+              r.error_message, r.started_at, r.occurred_at \
+            FROM jsonb_array_elements($3::jsonb) WITH ORDINALITY AS e(v, n), \
+              jsonb_populate_record(NULL::link_history, e.v) r \
+            WHERE e.v->>'_cmd' IN (SELECT command_id FROM done) ORDER BY e.n), \
+          box AS ( \
+            INSERT INTO outbox (exchange, routing_key, message_id, message_type, \
+              correlation_id, headers, payload, created_at) \
+            SELECT r.exchange, r.routing_key, r.message_id, r.message_type, \
+              r.correlation_id, r.headers, r.payload, r.created_at \
+            FROM jsonb_array_elements($4::jsonb) WITH ORDINALITY AS e(v, n), \
+              jsonb_populate_record(NULL::outbox, e.v) r \
+            WHERE e.v->>'_cmd' IN (SELECT command_id FROM done) ORDER BY e.n), \
+          rel AS ( \
+            DELETE FROM group_leases g USING jsonb_array_elements($5::jsonb) e \
+            WHERE g.lane = e->>'lane' AND g.owner = e->>'owner' \
+              AND e->>'_cmd' IN (SELECT command_id FROM done)) \
+        SELECT command_id FROM done";
+    let values = vec![
+        json_param(outcomes),
+        json_param(links),
+        json_param(history),
+        json_param(outbox),
+        json_param(leases),
+        STATUS_DONE.into(),
+        ts(t),
+    ];
+    db.query_all_raw(stmt(sql, values))
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String>("", "command_id"))
+        .collect()
+}
