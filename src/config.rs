@@ -192,6 +192,15 @@ pub struct BackendSettings {
     /// simulator only: added latency per request.
     #[serde(default, with = "humantime_serde")]
     pub latency: Option<Duration>,
+    /// Read the current link before each first reset (kinds that can read). Off: the
+    /// stored code is recorded as the one being replaced, halving requests; reads still
+    /// happen for untracked groups and after an interrupted attempt.
+    #[serde(default = "yes")]
+    pub read_before_reset: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_timeout() -> Duration {
@@ -215,6 +224,7 @@ impl BackendSettings {
             api_version: None,
             endpoints: None,
             latency: None,
+            read_before_reset: true,
         }
     }
 

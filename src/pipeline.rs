@@ -26,6 +26,8 @@ use crate::{
 pub struct BackendEntry {
     pub backend: SharedBackend,
     pub pacer: Pacer,
+    /// `backends.<name>.read_before_reset`.
+    pub read_before_reset: bool,
 }
 
 impl BackendEntry {
@@ -33,6 +35,7 @@ impl BackendEntry {
         Self {
             backend,
             pacer: Pacer::new(settings.rate_limit()),
+            read_before_reset: settings.read_before_reset,
         }
     }
 
@@ -424,7 +427,11 @@ impl Pipeline {
         // soon; otherwise the command waits in a delay queue (no attempt is spent).
         let session = cmd.session.as_str();
         let mut max_wait = Some(self.retry.max_inline_wait);
-        if entry.backend.can_read() {
+        // Without a read, the stored code is the one recorded as being replaced. A read
+        // is still needed after an interrupted attempt (to see whether its reset went
+        // through) and for a group with no stored code.
+        let read = entry.read_before_reset || interrupted || stored_code.is_none();
+        if entry.backend.can_read() && read {
             let ticket = match entry.pacer.reserve(session, max_wait.take()) {
                 Ok(t) => t,
                 Err(wait) => return Ok(self.rate_park(wait)),

@@ -169,6 +169,17 @@ impl Store {
             ("enable_mergejoin", "off"),
             ("enable_seqscan", "off"),
         ];
+        // TLS to a server on this host protects nothing and costs about half the
+        // throughput (both ends encrypt every statement): off for loopback addresses
+        // unless the URL asks for an `sslmode`.
+        let local = loopback_without_sslmode(url);
+        opts.map_sqlx_postgres_opts(move |o| {
+            if local {
+                o.ssl_mode(sea_orm::sqlx::postgres::PgSslMode::Disable)
+            } else {
+                o
+            }
+        });
         let mut durable = opts.clone();
         durable.map_sqlx_postgres_opts(move |o| o.options(planner));
         let db = Database::connect(durable).await?;
@@ -439,7 +450,7 @@ impl Store {
     /// the commands done (skipping any already done, so a retry after a lost commit
     /// answer writes nothing twice), then multi-row writes of links, history, outbox and
     /// lease releases. Returns, per completion, whether it was written.
-    async fn commit_batch(&self, batch: &[&Completion]) -> Result<Vec<bool>, DbErr> {
+    pub async fn commit_batch(&self, batch: &[&Completion]) -> Result<Vec<bool>, DbErr> {
         let t = now();
         if self.is_postgres() {
             let written: std::collections::HashSet<String> =
@@ -466,6 +477,26 @@ impl Store {
         txn.commit().await?;
         Ok(fresh)
     }
+}
+
+/// True for a PostgreSQL URL whose host is a loopback address and that sets no
+/// `sslmode`.
+fn loopback_without_sslmode(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    let loopback = match parsed.host() {
+        // `postgres:` is not a special scheme: an IPv4 host arrives as a domain.
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost")
+                || d.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    loopback && !parsed.query_pairs().any(|(k, _)| k == "sslmode")
 }
 
 /// One command's attempt marker, written before its reset call.
@@ -1175,5 +1206,21 @@ impl Batches {
             attempts,
             commits,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_without_sslmode as local;
+
+    #[test]
+    fn tls_is_skipped_only_for_loopback_urls_that_do_not_choose() {
+        assert!(local("postgres://u@127.0.0.1:5432/db"));
+        assert!(local("postgres://u@localhost/db?application_name=x"));
+        assert!(local("postgres://u@[::1]/db"));
+        assert!(!local("postgres://u@127.0.0.1/db?sslmode=require"));
+        assert!(!local("postgres://u@db.internal/db"));
+        assert!(!local("postgres://u@10.0.0.5/db"));
+        assert!(!local("not a url"));
     }
 }

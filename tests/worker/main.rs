@@ -13,3 +13,4 @@ mod retries;
 mod scheduler;
 mod secrets;
 mod shutdown;
+mod store_batches;

@@ -20,6 +20,7 @@ on_both_databases!(
     claims_are_made_once_per_expiry_with_a_controlled_clock,
     untracked_group_is_tracked_and_rotated,
     external_reset_shows_in_the_history,
+    without_read_before_reset_a_tracked_group_costs_one_request,
 );
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -251,5 +252,43 @@ async fn disabled_rotation_schedules_nothing() {
     let row = worker.store.link_get(&key).await.unwrap().unwrap();
     assert_eq!(row.scheduled_at, None, "no scan claimed the link");
     assert_eq!(row.rotation_count, 1);
+    worker.stop().await;
+}
+
+async fn without_read_before_reset_a_tracked_group_costs_one_request(db: Db) {
+    let env = TestEnv::new(db).await;
+    let mut events = env.tap_events().await;
+    let mut settings = env.settings.clone();
+    settings
+        .backends
+        .get_mut("sim")
+        .expect("sim backend")
+        .read_before_reset = false;
+    let worker = env.start_worker_with(settings).await;
+    let g = group(5);
+    let requests = |op: &str| {
+        env.world
+            .stats()
+            .routes
+            .get(&format!("simulator.{op}"))
+            .copied()
+            .unwrap_or(0)
+    };
+
+    let first = env.send(&[revoke("sales", &g)]).await[0];
+    let first_code =
+        events.until_command(first, WAIT).await.pop().unwrap().1["invite_code"].clone();
+    assert_eq!(
+        (requests("read"), requests("reset")),
+        (1, 1),
+        "an untracked group is still read first"
+    );
+
+    env.world.reset_stats();
+    let second = env.send(&[revoke("sales", &g)]).await[0];
+    let ev = events.until_command(second, WAIT).await.pop().unwrap().1;
+    assert_eq!(ev["previous_invite_code"], first_code, "the stored code");
+    assert_ne!(ev["invite_code"], first_code);
+    assert_eq!((requests("read"), requests("reset")), (0, 1));
     worker.stop().await;
 }

@@ -1,0 +1,236 @@
+//! The batched statements shared by concurrent commands (one statement per batch on
+//! PostgreSQL, multi-row statements on SQLite): every request gets its own answer.
+
+use chrono::Utc;
+use entity::{group_lease, history, outbox};
+use invite_worker::{
+    backend::{InviteCode, Link},
+    command::{Command, CommandId, CommandType, GroupId, GroupIdStyle, SessionId},
+    events::{ExpirySource, OutboxMessage},
+    store::{Attempt, Completion, GroupKey, Outcome, STATUS_DONE, STATUS_EXECUTING, Store},
+};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use uuid::Uuid;
+
+use crate::{
+    helpers::{Db, TestEnv, group},
+    on_both_databases,
+};
+
+on_both_databases!(
+    batched_receipts_attempts_leases_and_reads_answer_each_request,
+    a_batch_commit_writes_fresh_outcomes_only_and_keeps_their_order,
+);
+
+fn command(n: usize) -> Command {
+    Command {
+        id: CommandId(Uuid::new_v4()),
+        kind: CommandType::RevokeInvite,
+        session: SessionId::parse("sales").unwrap(),
+        group: GroupId::parse(&group(n), GroupIdStyle::Jid).unwrap(),
+        backend: "sim".into(),
+        reason: Some("batch test".into()),
+        requested_by: None,
+    }
+}
+
+async fn store(env: &TestEnv) -> Store {
+    let store = env.store().await;
+    store.migrate().await.expect("migrate");
+    store
+}
+
+async fn batched_receipts_attempts_leases_and_reads_answer_each_request(db: Db) {
+    let env = TestEnv::new(db).await;
+    let store = store(&env).await;
+    let (a, b, c) = (command(1), command(2), command(3));
+    store.inbox_begin(&c).await.unwrap();
+    assert!(
+        store
+            .mark_executing(&c.id.to_string(), Some("Old1"), 2)
+            .await
+            .unwrap()
+    );
+
+    // A duplicate in the batch and a row that already exists each get their row.
+    let rows = store
+        .inbox_begin_many(&[a.clone(), b.clone(), a.clone(), c.clone()])
+        .await
+        .unwrap();
+    let ids: Vec<String> = rows.iter().map(|r| r.command_id.clone()).collect();
+    let want: Vec<String> = [&a, &b, &a, &c].iter().map(|x| x.id.to_string()).collect();
+    assert_eq!(ids, want);
+    assert_eq!(rows[0].status, "received");
+    assert_eq!(rows[3].status, STATUS_EXECUTING);
+    assert_eq!(rows[3].attempts, 2);
+    assert_eq!(rows[3].before_code.as_deref(), Some("Old1"));
+
+    // Attempt markers: a done command is not marked.
+    store.complete(&rotated(&b, "New2", None)).await.unwrap();
+    let marked = store
+        .mark_executing_many(&[attempt(&a, Some("Abc"), 1), attempt(&b, None, 1)])
+        .await
+        .unwrap();
+    assert_eq!(marked, [true, false]);
+    let a_row = store.inbox_get(&a.id.to_string()).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            a_row.status.as_str(),
+            a_row.attempts,
+            a_row.before_code.as_deref()
+        ),
+        (STATUS_EXECUTING, 1, Some("Abc"))
+    );
+
+    // Leases: a lane held by another owner is refused, the others are taken.
+    let ttl = std::time::Duration::from_secs(30);
+    let lanes = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mine = store
+        .try_lease_many(&lanes(&["l1", "l2", "l1"]), "me", ttl)
+        .await
+        .unwrap();
+    assert_eq!(mine, [true, true, true]);
+    let theirs = store
+        .try_lease_many(&lanes(&["l1", "l3"]), "other", ttl)
+        .await
+        .unwrap();
+    assert_eq!(theirs, [false, true]);
+
+    // Link reads: tracked and untracked groups in one batch.
+    let links = store
+        .link_get_many(&[GroupKey::of(&a), GroupKey::of(&b)])
+        .await
+        .unwrap();
+    assert!(links[0].is_none(), "a has no outcome yet");
+    let tracked = links[1].as_ref().expect("b's outcome is tracked");
+    assert_eq!(tracked.invite_code.as_deref(), Some("New2"));
+    store.close().await;
+}
+
+fn attempt(cmd: &Command, before: Option<&str>, attempts: i32) -> Attempt {
+    Attempt {
+        command_id: cmd.id.to_string(),
+        before_code: before.map(str::to_owned),
+        attempts,
+    }
+}
+
+/// A rotated outcome for `cmd` that also records an external change, with an event
+/// payload that is not UTF-8.
+fn rotated(cmd: &Command, code: &str, lease: Option<(&str, &str)>) -> Completion {
+    Completion {
+        cmd: cmd.clone(),
+        attempts: 1,
+        outcome: Outcome::Rotated {
+            link: Link {
+                code: InviteCode::parse(code).unwrap(),
+                expires_at: None,
+            },
+            previous_code: Some("Prev".into()),
+            expires_at: Utc::now(),
+            source: ExpirySource::Policy,
+        },
+        external_change: Some((Some("Stored".into()), "Outside".into())),
+        messages: vec![OutboxMessage {
+            exchange: "x".into(),
+            routing_key: "invite_link.rotated".into(),
+            message_id: Some(Uuid::new_v4().to_string()),
+            message_type: Some("invite_link.rotated".into()),
+            correlation_id: Some(cmd.id.to_string()),
+            headers: vec![("h".into(), "v".into())],
+            payload: vec![0xff, 0x00, b'{', 0x80, b'}'],
+        }],
+        started_at: Utc::now(),
+        link: None,
+        release_lease: lease.map(|(l, o)| (l.to_owned(), o.to_owned())),
+    }
+}
+
+async fn a_batch_commit_writes_fresh_outcomes_only_and_keeps_their_order(db: Db) {
+    let env = TestEnv::new(db).await;
+    let store = store(&env).await;
+    let (a, b) = (command(1), command(2));
+    store
+        .inbox_begin_many(&[a.clone(), b.clone()])
+        .await
+        .unwrap();
+    let ttl = std::time::Duration::from_secs(30);
+    let held = store
+        .try_lease_many(&["la".to_string(), "lb".to_string()], "me", ttl)
+        .await
+        .unwrap();
+    assert_eq!(held, [true, true]);
+    let first = rotated(&a, "CodeA1", Some(("la", "me")));
+    assert_eq!(store.commit_batch(&[&first]).await.unwrap(), [true]);
+    store.try_lease("la", "me", ttl).await.unwrap();
+
+    // `a` again (already done) and `b` in one batch: only b's rows are written.
+    let again = rotated(&a, "CodeA2", Some(("la", "me")));
+    let second = rotated(&b, "CodeB1", Some(("lb", "me")));
+    assert_eq!(
+        store.commit_batch(&[&again, &second]).await.unwrap(),
+        [false, true]
+    );
+
+    let db = store.connection();
+    let a_link = store.link_get(&GroupKey::of(&a)).await.unwrap().unwrap();
+    assert_eq!(a_link.invite_code.as_deref(), Some("CodeA1"));
+    assert_eq!(a_link.rotation_count, 1);
+    let b_row = store.inbox_get(&b.id.to_string()).await.unwrap().unwrap();
+    assert_eq!(b_row.status, STATUS_DONE);
+    assert_eq!(b_row.new_code.as_deref(), Some("CodeB1"));
+    assert_eq!(b_row.event_id, second.messages[0].message_id);
+
+    let b_history: Vec<(String, Option<String>)> = history::Entity::find()
+        .filter(history::Column::GroupId.eq(b.group.as_str()))
+        .order_by_asc(history::Column::Id)
+        .all(db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.outcome, h.new_code))
+        .collect();
+    assert_eq!(
+        b_history,
+        [
+            ("external_change".to_string(), Some("Outside".to_string())),
+            ("rotated".to_string(), Some("CodeB1".to_string())),
+        ]
+    );
+    let a_history = history::Entity::find()
+        .filter(history::Column::GroupId.eq(a.group.as_str()))
+        .all(db)
+        .await
+        .unwrap();
+    assert_eq!(a_history.len(), 2, "the repeated outcome wrote no history");
+
+    let rows = outbox::Entity::find()
+        .order_by_asc(outbox::Column::Id)
+        .all(db)
+        .await
+        .unwrap();
+    let owners: Vec<Option<String>> = rows.iter().map(|r| r.correlation_id.clone()).collect();
+    assert_eq!(owners, [Some(a.id.to_string()), Some(b.id.to_string())]);
+    for row in &rows {
+        assert_eq!(
+            row.payload,
+            [0xff, 0x00, b'{', 0x80, b'}'],
+            "payload bytes intact"
+        );
+        assert_eq!(row.headers.as_deref(), Some(r#"{"h":"v"}"#));
+    }
+
+    let leases: Vec<String> = group_lease::Entity::find()
+        .all(db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.lane)
+        .collect();
+    assert_eq!(
+        leases,
+        ["la"],
+        "b's lease is released, a's retaken lease is not"
+    );
+    store.close().await;
+}
