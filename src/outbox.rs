@@ -62,7 +62,7 @@ impl Relay {
                 let sent: Vec<i64> = sent.into_iter().map(|(id, _)| *id).collect();
                 let failed: Vec<i64> = failed.into_iter().map(|(id, _)| *id).collect();
                 self.store
-                    .mark_sent(&sent)
+                    .remove_sent(&sent)
                     .await
                     .map_err(|e| e.to_string())?;
                 m::events_published(sent.len());

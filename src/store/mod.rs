@@ -173,19 +173,29 @@ impl Store {
         // throughput (both ends encrypt every statement): off for loopback addresses
         // unless the URL asks for an `sslmode`.
         let local = loopback_without_sslmode(url);
-        opts.map_sqlx_postgres_opts(move |o| {
-            if local {
-                o.ssl_mode(sea_orm::sqlx::postgres::PgSslMode::Disable)
-            } else {
-                o
+        // `map_sqlx_postgres_opts` keeps one function: each pool gets all of its options
+        // from one.
+        // The durable pool keeps the server's `synchronous_commit` (which may be stronger
+        // than `on`, e.g. with synchronous replicas).
+        let pool = move |async_commit: bool| {
+            move |o: sea_orm::sqlx::postgres::PgConnectOptions| {
+                let o = o.options(planner);
+                let o = if async_commit {
+                    o.options([("synchronous_commit", "off")])
+                } else {
+                    o
+                };
+                if local {
+                    o.ssl_mode(sea_orm::sqlx::postgres::PgSslMode::Disable)
+                } else {
+                    o
+                }
             }
-        });
+        };
         let mut durable = opts.clone();
-        durable.map_sqlx_postgres_opts(move |o| o.options(planner));
+        durable.map_sqlx_postgres_opts(pool(false));
         let db = Database::connect(durable).await?;
-        opts.map_sqlx_postgres_opts(move |o| {
-            o.options(planner).options([("synchronous_commit", "off")])
-        });
+        opts.map_sqlx_postgres_opts(pool(true));
         let fast = Database::connect(opts).await?;
         Ok(Self { db, fast })
     }
@@ -876,12 +886,13 @@ impl Store {
         Ok(rows)
     }
 
-    pub async fn mark_sent(&self, ids: &[i64]) -> Result<(), DbErr> {
+    /// Deletes rows the broker confirmed: the outbox holds only what is still to be
+    /// published (the command's row keeps its event_id, the history its outcome).
+    pub async fn remove_sent(&self, ids: &[i64]) -> Result<(), DbErr> {
         if ids.is_empty() {
             return Ok(());
         }
-        outbox::Entity::update_many()
-            .col_expr(outbox::Column::SentAt, Expr::value(Some(now())))
+        outbox::Entity::delete_many()
             .filter(outbox::Column::Id.is_in(ids.iter().copied()))
             .exec(&self.fast)
             .await?;
