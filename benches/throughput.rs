@@ -669,7 +669,6 @@ async fn main() {
         print(&reports, ceil);
     }
     if !skip("latency") {
-        let m = n.min(5000);
         let ideal = 256.0 / 0.2;
         for (read, label, requests) in [
             (true, "read_before_reset = true", 2.0),
@@ -678,7 +677,7 @@ async fn main() {
             let mut r = worker_run(
                 &format!("worker, postgres, 200 ms backend, prefetch 256, {label}"),
                 "postgres",
-                m,
+                n,
                 256,
                 200,
                 read,
