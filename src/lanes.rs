@@ -86,6 +86,11 @@ impl Lease {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_millis(200));
         }
+        Ok(Some(Self::held(store, lane, owner, ttl)))
+    }
+
+    /// A lease just taken for `owner`: renewed in the background from now on.
+    pub fn held(store: &Store, lane: &str, owner: &str, ttl: Duration) -> Lease {
         let renewer = {
             let (store, lane, owner) = (store.clone(), lane.to_owned(), owner.to_owned());
             tokio::spawn(async move {
@@ -97,13 +102,13 @@ impl Lease {
                 }
             })
         };
-        Ok(Some(Lease {
+        Lease {
             store: store.clone(),
             lane: lane.to_owned(),
             owner: owner.to_owned(),
             renewer,
             released: Default::default(),
-        }))
+        }
     }
 
     pub fn lane(&self) -> &str {

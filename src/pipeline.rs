@@ -325,14 +325,6 @@ impl Pipeline {
     }
 
     async fn run(&self, cmd: &Command, body: &[u8]) -> Result<Disposition, Unsettled> {
-        let row = self
-            .persist("recording the command", || self.db.inbox.call(cmd.clone()))
-            .await?;
-        if row.status == store::STATUS_DONE {
-            debug!("command already completed; acknowledging duplicate");
-            m::duplicate();
-            return Ok(Disposition::Ack);
-        }
         // A session with a long backlog of requests: wait in a delay queue, not in a
         // consumer slot, so that commands for other sessions keep flowing.
         if let Some(entry) = self.backends.get(&cmd.backend) {
@@ -347,8 +339,29 @@ impl Pipeline {
         let _lane = self.lanes.acquire(&lane).await;
         m::stage("waiting for the group lane", waited.elapsed());
         let ttl = self.settings.worker.group_lease;
-        let lease = self
-            .persist("taking the group lease", || {
+        let begin = store::Begin {
+            cmd: cmd.clone(),
+            lane: lane.clone(),
+        };
+        let (row, leased) = self
+            .persist("recording the command", || {
+                self.db.begin.call(begin.clone())
+            })
+            .await?;
+        if row.status == store::STATUS_DONE {
+            debug!("command already completed; acknowledging duplicate");
+            m::duplicate();
+            if leased {
+                Lease::held(&self.store, &lane, &self.instance_id, ttl)
+                    .release()
+                    .await;
+            }
+            return Ok(Disposition::Ack);
+        }
+        let lease = if leased {
+            Some(Lease::held(&self.store, &lane, &self.instance_id, ttl))
+        } else {
+            self.persist("taking the group lease", || {
                 Lease::acquire(
                     &self.store,
                     &self.db.leases,
@@ -358,7 +371,8 @@ impl Pipeline {
                     Duration::from_secs(5),
                 )
             })
-            .await?;
+            .await?
+        };
         let Some(lease) = lease else {
             debug!("group is busy in another process; parking the command");
             return Ok(Disposition::Park(Duration::from_secs(1)));

@@ -254,18 +254,59 @@ impl Store {
                 .all(&self.fast)
                 .await?
         };
+        self.in_order(cmds, found).await
+    }
+
+    /// For each request, [`Store::inbox_begin_many`] and [`Store::try_lease_many`] (one
+    /// statement on PostgreSQL): the command's row and whether its lane's lease was
+    /// taken for `owner`.
+    pub async fn begin_many(
+        &self,
+        batch: &[Begin],
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Vec<(command::Model, bool)>, DbErr> {
+        let cmds: Vec<Command> = batch.iter().map(|b| b.cmd.clone()).collect();
+        let lanes: Vec<String> = batch.iter().map(|b| b.lane.clone()).collect();
+        if !self.is_postgres() {
+            let rows = self.inbox_begin_many(&cmds).await?;
+            let leased = self.try_lease_many(&lanes, owner, ttl).await?;
+            return Ok(rows.into_iter().zip(leased).collect());
+        }
+        let t = now();
+        let until = t + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(30));
+        let mut unique: Vec<&String> = lanes.iter().collect();
+        unique.sort();
+        unique.dedup();
+        let rows = cmds.iter().map(|c| received_row(c, t)).collect();
+        let (found, taken) = pg::begin(&self.fast, rows, &unique, owner, until, t).await?;
+        let taken: std::collections::HashSet<String> = taken.into_iter().collect();
+        let rows = self.in_order(&cmds, found).await?;
+        Ok(rows
+            .into_iter()
+            .zip(&lanes)
+            .map(|(row, lane)| (row, taken.contains(lane)))
+            .collect())
+    }
+
+    /// `found` rows in the order of `cmds`, reading any that are missing (inserted by a
+    /// concurrent transaction after the statement's snapshot) again.
+    async fn in_order(
+        &self,
+        cmds: &[Command],
+        found: Vec<command::Model>,
+    ) -> Result<Vec<command::Model>, DbErr> {
         let rows: std::collections::HashMap<String, command::Model> = found
             .into_iter()
             .map(|row| (row.command_id.clone(), row))
             .collect();
-        let mut out = Vec::with_capacity(ids.len());
-        for id in &ids {
-            // Missing only when a concurrent transaction inserted it after this
-            // statement's snapshot: read it again.
-            let row = match rows.get(id) {
+        let mut out = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let id = cmd.id.to_string();
+            let row = match rows.get(&id) {
                 Some(row) => row.clone(),
                 None => self
-                    .inbox_get(id)
+                    .inbox_get(&id)
                     .await?
                     .ok_or_else(|| DbErr::RecordNotFound(format!("command {id}")))?,
             };
@@ -507,6 +548,13 @@ fn loopback_without_sslmode(url: &str) -> bool {
         None => false,
     };
     loopback && !parsed.query_pairs().any(|(k, _)| k == "sslmode")
+}
+
+/// A command about to run under its group lane: record it and take the lane's lease.
+#[derive(Clone, Debug)]
+pub struct Begin {
+    pub cmd: Command,
+    pub lane: String,
 }
 
 /// One command's attempt marker, written before its reset call.
@@ -1151,14 +1199,15 @@ impl Deferred {
     }
 }
 
-/// The statements concurrent commands share (see [`Batcher`]): the inbox receipt, the
-/// group lease, the link read, the attempt marker and the outcome commit. A batch never
+/// The statements concurrent commands share (see [`Batcher`]): the inbox receipt with the
+/// group lease, lease retries, the link read, the attempt marker and the outcome commit. A batch never
 /// holds two requests of one group (the in-process lane admits one command per group
 /// and the group lease is held until the outcome commits), so concurrent batches touch
 /// disjoint rows.
 #[derive(Clone)]
 pub struct Batches {
-    pub inbox: Batcher<Command, command::Model>,
+    /// Inbox receipt and lease in one statement: (row, lease taken).
+    pub begin: Batcher<Begin, (command::Model, bool)>,
     pub leases: Batcher<String, bool>,
     pub links: Batcher<GroupKey, Option<link::Model>>,
     pub attempts: Batcher<Attempt, bool>,
@@ -1172,11 +1221,11 @@ const MAX_BATCH: usize = 128;
 impl Batches {
     /// Starts the batching tasks; leases are taken for `owner` with `ttl`.
     pub fn start(store: &Store, owner: &str, ttl: Duration) -> Self {
-        let inbox = {
-            let store = store.clone();
-            Batcher::start("inbox_begin", 1, MAX_BATCH, move |cmds: Arc<[Command]>| {
-                let store = store.clone();
-                async move { store.inbox_begin_many(&cmds).await }
+        let begin = {
+            let (store, owner) = (store.clone(), Arc::<str>::from(owner));
+            Batcher::start("begin", 1, MAX_BATCH, move |batch: Arc<[Begin]>| {
+                let (store, owner) = (store.clone(), owner.clone());
+                async move { store.begin_many(&batch, &owner, ttl).await }
             })
         };
         let leases = {
@@ -1211,7 +1260,7 @@ impl Batches {
             })
         };
         Self {
-            inbox,
+            begin,
             leases,
             links,
             attempts,

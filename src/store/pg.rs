@@ -6,8 +6,8 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use entity::{command, link};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue, ConnectionTrait, DbBackend, DbErr, EntityTrait, IdenStatic,
-    Iterable, Statement, Value, sea_query::value::sea_value_to_json_value,
+    ActiveModelTrait, ActiveValue, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    IdenStatic, Iterable, Statement, Value, sea_query::value::sea_value_to_json_value,
 };
 use serde_json::{Map, Value as Json};
 
@@ -55,6 +55,20 @@ fn row_json<A: ActiveModelTrait>(row: &A, tag: &str) -> Json {
     Json::Object(map)
 }
 
+/// Runs `sql` and returns the text column `column` of every row.
+async fn strings<C: ConnectionTrait>(
+    db: &C,
+    sql: &str,
+    values: Vec<Value>,
+    column: &str,
+) -> Result<Vec<String>, DbErr> {
+    db.query_all_raw(stmt(sql, values))
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String>("", column))
+        .collect()
+}
+
 fn ts(t: DateTime<Utc>) -> Value {
     t.into()
 }
@@ -80,6 +94,54 @@ pub(super) async fn inbox_begin<C: ConnectionTrait>(
         .await
 }
 
+/// [`inbox_begin`] and [`try_leases`] in one statement (they touch different tables):
+/// every command's row, each with the list of lanes taken.
+pub(super) async fn begin<C: ConnectionTrait>(
+    db: &C,
+    rows: Vec<command::ActiveModel>,
+    lanes: &[&String],
+    owner: &str,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(Vec<command::Model>, Vec<String>), DbErr> {
+    let rows = rows.iter().map(|r| row_json(r, "")).collect();
+    let lanes = lanes.iter().map(|l| Json::String((*l).clone())).collect();
+    let sql = "WITH v AS (SELECT * FROM jsonb_populate_recordset(NULL::commands, $1::jsonb)), \
+               ins AS (INSERT INTO commands SELECT * FROM v \
+                       ON CONFLICT (command_id) DO NOTHING RETURNING *), \
+               lease AS (INSERT INTO group_leases (lane, owner, lease_until) \
+                 SELECT DISTINCT e #>> '{}', $3, $4 FROM jsonb_array_elements($2::jsonb) e \
+                 ON CONFLICT (lane) DO UPDATE SET owner = excluded.owner, \
+                 lease_until = excluded.lease_until \
+                 WHERE group_leases.owner = excluded.owner OR group_leases.lease_until < $5 \
+                 RETURNING lane), \
+               found AS (SELECT * FROM ins UNION ALL \
+                 SELECT c.* FROM v CROSS JOIN LATERAL \
+                   (SELECT * FROM commands c WHERE c.command_id = v.command_id) c \
+                 WHERE v.command_id NOT IN (SELECT command_id FROM ins)) \
+               SELECT found.*, \
+                 (SELECT coalesce(jsonb_agg(lane), '[]'::jsonb) FROM lease) AS taken_lanes \
+               FROM found";
+    let values = vec![
+        json_param(rows),
+        json_param(lanes),
+        owner.into(),
+        ts(until),
+        ts(now),
+    ];
+    let result = db.query_all_raw(stmt(sql, values)).await?;
+    let mut taken = Vec::new();
+    if let Some(first) = result.first() {
+        let lanes: Json = first.try_get("", "taken_lanes")?;
+        taken = serde_json::from_value(lanes).map_err(|e| DbErr::Json(e.to_string()))?;
+    }
+    let commands = result
+        .iter()
+        .map(|row| command::Model::from_query_result(row, ""))
+        .collect::<Result<_, _>>()?;
+    Ok((commands, taken))
+}
+
 /// Takes or renews the leases on `lanes` for `owner`; returns the lanes taken.
 pub(super) async fn try_leases<C: ConnectionTrait>(
     db: &C,
@@ -96,11 +158,7 @@ pub(super) async fn try_leases<C: ConnectionTrait>(
                WHERE group_leases.owner = excluded.owner OR group_leases.lease_until < $4 \
                RETURNING lane";
     let values = vec![json_param(lanes), owner.into(), ts(until), ts(now)];
-    db.query_all_raw(stmt(sql, values))
-        .await?
-        .iter()
-        .map(|row| row.try_get::<String>("", "lane"))
-        .collect()
+    strings(db, sql, values, "lane").await
 }
 
 /// The tracked links of `keys` (those that exist).
@@ -150,11 +208,7 @@ pub(super) async fn mark_executing<C: ConnectionTrait>(
         ts(now),
         STATUS_DONE.into(),
     ];
-    db.query_all_raw(stmt(sql, values))
-        .await?
-        .iter()
-        .map(|row| row.try_get::<String>("", "command_id"))
-        .collect()
+    strings(db, sql, values, "command_id").await
 }
 
 /// The group commit as one statement: marks the commands done (skipping any already
@@ -261,9 +315,5 @@ pub(super) async fn commit<C: ConnectionTrait>(
         STATUS_DONE.into(),
         ts(t),
     ];
-    db.query_all_raw(stmt(sql, values))
-        .await?
-        .iter()
-        .map(|row| row.try_get::<String>("", "command_id"))
-        .collect()
+    strings(db, sql, values, "command_id").await
 }

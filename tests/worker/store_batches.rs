@@ -7,7 +7,7 @@ use invite_worker::{
     backend::{InviteCode, Link},
     command::{Command, CommandId, CommandType, GroupId, GroupIdStyle, SessionId},
     events::{ExpirySource, OutboxMessage},
-    store::{Attempt, Completion, GroupKey, Outcome, STATUS_DONE, STATUS_EXECUTING, Store},
+    store::{Attempt, Begin, Completion, GroupKey, Outcome, STATUS_DONE, STATUS_EXECUTING, Store},
 };
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use uuid::Uuid;
@@ -20,6 +20,7 @@ use crate::{
 on_both_databases!(
     batched_receipts_attempts_leases_and_reads_answer_each_request,
     a_batch_commit_writes_fresh_outcomes_only_and_keeps_their_order,
+    begin_records_each_command_and_takes_only_free_leases,
 );
 
 fn command(n: usize) -> Command {
@@ -231,6 +232,57 @@ async fn a_batch_commit_writes_fresh_outcomes_only_and_keeps_their_order(db: Db)
         leases,
         ["la"],
         "b's lease is released, a's retaken lease is not"
+    );
+    store.close().await;
+}
+
+async fn begin_records_each_command_and_takes_only_free_leases(db: Db) {
+    let env = TestEnv::new(db).await;
+    let store = store(&env).await;
+    let ttl = std::time::Duration::from_secs(30);
+    let (a, b, c) = (command(1), command(2), command(3));
+    store.inbox_begin(&c).await.unwrap();
+    store.complete(&rotated(&c, "Done3", None)).await.unwrap();
+    assert_eq!(
+        store
+            .try_lease_many(&["lb".to_string()], "other", ttl)
+            .await
+            .unwrap(),
+        [true]
+    );
+    let begin = |cmd: &Command, lane: &str| Begin {
+        cmd: cmd.clone(),
+        lane: lane.to_owned(),
+    };
+    let got = store
+        .begin_many(
+            &[begin(&a, "la"), begin(&b, "lb"), begin(&c, "lc")],
+            "me",
+            ttl,
+        )
+        .await
+        .unwrap();
+    let summary: Vec<(String, &str, bool)> = got
+        .iter()
+        .map(|(row, leased)| (row.command_id.clone(), row.status.as_str(), *leased))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (a.id.to_string(), "received", true),
+            (b.id.to_string(), "received", false),
+            (c.id.to_string(), STATUS_DONE, true),
+        ],
+        "lb is held by another owner"
+    );
+    // Again: the rows exist now, and this owner renews its own leases.
+    let again = store
+        .begin_many(&[begin(&a, "la"), begin(&b, "lb")], "me", ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.iter().map(|(_, leased)| *leased).collect::<Vec<_>>(),
+        [true, false]
     );
     store.close().await;
 }
