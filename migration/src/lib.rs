@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_create_tables;
 mod m20261122_000002_link_schedule;
+mod m20261122_000003_drop_commands_group_index;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_create_tables::Migration),
             Box::new(m20261122_000002_link_schedule::Migration),
+            Box::new(m20261122_000003_drop_commands_group_index::Migration),
         ]
     }
 }

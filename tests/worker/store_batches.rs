@@ -21,6 +21,7 @@ on_both_databases!(
     batched_receipts_attempts_leases_and_reads_answer_each_request,
     a_batch_commit_writes_fresh_outcomes_only_and_keeps_their_order,
     begin_records_each_command_and_takes_only_free_leases,
+    migrations_go_down_and_up_again,
 );
 
 fn command(n: usize) -> Command {
@@ -284,5 +285,29 @@ async fn begin_records_each_command_and_takes_only_free_leases(db: Db) {
         again.iter().map(|(_, leased)| *leased).collect::<Vec<_>>(),
         [true, false]
     );
+    store.close().await;
+}
+
+async fn migrations_go_down_and_up_again(db: Db) {
+    use migration::{Migrator, MigratorTrait};
+    let env = TestEnv::new(db).await;
+    let store = store(&env).await;
+    let conn = store.connection();
+    let applied = Migrator::get_applied_migrations(conn).await.unwrap().len();
+    assert_eq!(applied, Migrator::migrations().len());
+    Migrator::down(conn, None)
+        .await
+        .expect("every migration goes down");
+    assert!(
+        Migrator::get_applied_migrations(conn)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.migrate().await.expect("and up again");
+    store
+        .inbox_begin(&command(1))
+        .await
+        .expect("the tables work");
     store.close().await;
 }
