@@ -243,7 +243,10 @@ impl Store {
         let ids: Vec<String> = cmds.iter().map(|c| c.id.to_string()).collect();
         let rows = cmds.iter().map(|c| received_row(c, t));
         let found = if self.is_postgres() {
-            pg::inbox_begin(&self.fast, rows.collect()).await?
+            // The combined statement with no lease to take.
+            pg::begin(&self.fast, rows.collect(), &[], "", t, t)
+                .await?
+                .0
         } else {
             command::Entity::insert_many(rows)
                 .on_conflict_do_nothing()
@@ -273,12 +276,9 @@ impl Store {
             let leased = self.try_lease_many(&lanes, owner, ttl).await?;
             return Ok(rows.into_iter().zip(leased).collect());
         }
-        let t = now();
-        let until = t + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(30));
-        let mut unique: Vec<&String> = lanes.iter().collect();
-        unique.sort();
-        unique.dedup();
+        let (t, until) = lease_window(ttl);
         let rows = cmds.iter().map(|c| received_row(c, t)).collect();
+        let unique = unique_lanes(&lanes);
         let (found, taken) = pg::begin(&self.fast, rows, &unique, owner, until, t).await?;
         let taken: std::collections::HashSet<String> = taken.into_iter().collect();
         let rows = self.in_order(&cmds, found).await?;
@@ -346,45 +346,34 @@ impl Store {
     /// [`Store::mark_executing`] for several commands in one statement; answers in order.
     pub async fn mark_executing_many(&self, batch: &[Attempt]) -> Result<Vec<bool>, DbErr> {
         let ids: Vec<String> = batch.iter().map(|a| a.command_id.clone()).collect();
-        if self.is_postgres() {
-            let marked: std::collections::HashSet<String> =
-                pg::mark_executing(&self.fast, batch, now())
-                    .await?
-                    .into_iter()
-                    .collect();
-            return Ok(ids.iter().map(|id| marked.contains(id)).collect());
-        }
-        let case = |column, value: &dyn Fn(&Attempt) -> sea_orm::Value| {
-            let mut case = sea_orm::sea_query::CaseStatement::new();
-            for a in batch {
-                case = case.case(
-                    Expr::col(command::Column::CommandId).eq(a.command_id.clone()),
-                    Expr::val(value(a)),
-                );
-            }
-            let expr: Expr = case.finally(Expr::col(column)).into();
-            expr
+        let marked: std::collections::HashSet<String> = if self.is_postgres() {
+            pg::mark_executing(&self.fast, batch, now())
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            let id = |a: &Attempt| a.command_id.clone();
+            command::Entity::update_many()
+                .col_expr(command::Column::Status, Expr::value(STATUS_EXECUTING))
+                .col_expr(
+                    command::Column::BeforeCode,
+                    case_on_id(batch, id, command::Column::BeforeCode, |a| {
+                        a.before_code.clone()
+                    }),
+                )
+                .col_expr(
+                    command::Column::Attempts,
+                    case_on_id(batch, id, command::Column::Attempts, |a| a.attempts),
+                )
+                .col_expr(command::Column::UpdatedAt, Expr::value(now()))
+                .filter(command::Column::CommandId.is_in(ids.iter().cloned()))
+                .filter(command::Column::Status.ne(STATUS_DONE))
+                .exec_with_returning(&self.fast)
+                .await?
+                .into_iter()
+                .map(|row| row.command_id)
+                .collect()
         };
-        let marked: std::collections::HashSet<String> = command::Entity::update_many()
-            .col_expr(command::Column::Status, Expr::value(STATUS_EXECUTING))
-            .col_expr(
-                command::Column::BeforeCode,
-                case(command::Column::BeforeCode, &|a| {
-                    a.before_code.clone().into()
-                }),
-            )
-            .col_expr(
-                command::Column::Attempts,
-                case(command::Column::Attempts, &|a| a.attempts.into()),
-            )
-            .col_expr(command::Column::UpdatedAt, Expr::value(now()))
-            .filter(command::Column::CommandId.is_in(ids.iter().cloned()))
-            .filter(command::Column::Status.ne(STATUS_DONE))
-            .exec_with_returning(&self.fast)
-            .await?
-            .into_iter()
-            .map(|row| row.command_id)
-            .collect();
         Ok(ids.iter().map(|id| marked.contains(id)).collect())
     }
 
@@ -463,28 +452,21 @@ impl Store {
         &self,
         keys: &[GroupKey],
     ) -> Result<Vec<Option<link::Model>>, DbErr> {
-        if self.is_postgres() {
-            let found: std::collections::HashMap<GroupKey, link::Model> =
-                pg::links(&self.fast, keys)
-                    .await?
-                    .into_iter()
-                    .map(|row| (GroupKey::of_link(&row), row))
-                    .collect();
-            return Ok(keys.iter().map(|k| found.get(k).cloned()).collect());
-        }
-        let mut any = sea_orm::Condition::any();
-        for key in keys {
-            any = any.add(
-                sea_orm::Condition::all()
-                    .add(link::Column::Backend.eq(&key.backend))
-                    .add(link::Column::SessionId.eq(&key.session_id))
-                    .add(link::Column::GroupId.eq(&key.group_id)),
-            );
-        }
-        let found: std::collections::HashMap<GroupKey, link::Model> = link::Entity::find()
-            .filter(any)
-            .all(&self.fast)
-            .await?
+        let rows = if self.is_postgres() {
+            pg::links(&self.fast, keys).await?
+        } else {
+            let mut any = sea_orm::Condition::any();
+            for key in keys {
+                any = any.add(
+                    sea_orm::Condition::all()
+                        .add(link::Column::Backend.eq(&key.backend))
+                        .add(link::Column::SessionId.eq(&key.session_id))
+                        .add(link::Column::GroupId.eq(&key.group_id)),
+                );
+            }
+            link::Entity::find().filter(any).all(&self.fast).await?
+        };
+        let found: std::collections::HashMap<GroupKey, link::Model> = rows
             .into_iter()
             .map(|row| (GroupKey::of_link(&row), row))
             .collect();
@@ -550,6 +532,28 @@ fn loopback_without_sslmode(url: &str) -> bool {
     loopback && !parsed.query_pairs().any(|(k, _)| k == "sslmode")
 }
 
+/// The id of a completion's command, the key of its inbox row.
+fn completion_id(c: &&Completion) -> String {
+    c.cmd.id.to_string()
+}
+
+/// Now, and when a lease taken now for `ttl` ends.
+fn lease_window(ttl: Duration) -> (DateTime<Utc>, DateTime<Utc>) {
+    let t = now();
+    (
+        t,
+        t + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(30)),
+    )
+}
+
+/// Each lane once: an upsert may not touch a row twice in one statement.
+fn unique_lanes(lanes: &[String]) -> Vec<&String> {
+    let mut unique: Vec<&String> = lanes.iter().collect();
+    unique.sort();
+    unique.dedup();
+    unique
+}
+
 /// A command about to run under its group lane: record it and take the lane's lease.
 #[derive(Clone, Debug)]
 pub struct Begin {
@@ -591,16 +595,19 @@ fn received_row(cmd: &Command, t: DateTime<Utc>) -> command::ActiveModel {
     }
 }
 
-fn case_by_id<V: Into<sea_orm::Value> + Clone>(
-    batch: &[&Completion],
+/// `CASE WHEN command_id = <id of item> THEN <value of item> … ELSE column END`: one
+/// value per row in a multi-row update.
+fn case_on_id<T, V: Into<sea_orm::Value>>(
+    items: &[T],
+    id: impl Fn(&T) -> String,
     column: command::Column,
-    value: impl Fn(&Completion) -> V,
+    value: impl Fn(&T) -> V,
 ) -> Expr {
     let mut case = sea_orm::sea_query::CaseStatement::new();
-    for c in batch {
+    for item in items {
         case = case.case(
-            Expr::col(command::Column::CommandId).eq(c.cmd.id.to_string()),
-            Expr::val(value(c)),
+            Expr::col(command::Column::CommandId).eq(id(item)),
+            Expr::val(value(item)),
         );
     }
     case.finally(Expr::col(column)).into()
@@ -613,49 +620,50 @@ async fn mark_done<C: ConnectionTrait>(
     batch: &[&Completion],
     t: DateTime<Utc>,
 ) -> Result<std::collections::HashSet<String>, DbErr> {
-    let (new_code, error, event_id) = (
-        Completion::new_code,
-        Completion::error,
-        Completion::event_id,
-    );
     let ids: Vec<String> = batch.iter().map(|c| c.cmd.id.to_string()).collect();
     let done = command::Entity::update_many()
         .col_expr(command::Column::Status, Expr::value(STATUS_DONE))
         .col_expr(
             command::Column::Outcome,
-            case_by_id(batch, command::Column::Outcome, |c| {
+            case_on_id(batch, completion_id, command::Column::Outcome, |c| {
                 Some(c.outcome.as_str().to_owned())
             }),
         )
         .col_expr(
             command::Column::Attempts,
-            case_by_id(batch, command::Column::Attempts, |c| c.attempts),
+            case_on_id(batch, completion_id, command::Column::Attempts, |c| {
+                c.attempts
+            }),
         )
         .col_expr(
             command::Column::NewCode,
-            case_by_id(batch, command::Column::NewCode, new_code),
+            case_on_id(batch, completion_id, command::Column::NewCode, |c| {
+                c.new_code()
+            }),
         )
         .col_expr(
             command::Column::ErrorKind,
-            case_by_id(batch, command::Column::ErrorKind, |c| {
-                error(c).map(|e| e.kind.as_str().to_owned())
+            case_on_id(batch, completion_id, command::Column::ErrorKind, |c| {
+                c.error().map(|e| e.kind.as_str().to_owned())
             }),
         )
         .col_expr(
             command::Column::ErrorMessage,
-            case_by_id(batch, command::Column::ErrorMessage, |c| {
-                error(c).map(|e| e.message.clone())
+            case_on_id(batch, completion_id, command::Column::ErrorMessage, |c| {
+                c.error().map(|e| e.message.clone())
             }),
         )
         .col_expr(
             command::Column::HttpStatus,
-            case_by_id(batch, command::Column::HttpStatus, |c| {
-                error(c).and_then(|e| e.http_status).map(i32::from)
+            case_on_id(batch, completion_id, command::Column::HttpStatus, |c| {
+                c.error().and_then(|e| e.http_status).map(i32::from)
             }),
         )
         .col_expr(
             command::Column::EventId,
-            case_by_id(batch, command::Column::EventId, event_id),
+            case_on_id(batch, completion_id, command::Column::EventId, |c| {
+                c.event_id()
+            }),
         )
         .col_expr(command::Column::UpdatedAt, Expr::value(t))
         .col_expr(command::Column::FinishedAt, Expr::value(Some(t)))
@@ -835,55 +843,38 @@ impl Store {
         owner: &str,
         ttl: Duration,
     ) -> Result<Vec<bool>, DbErr> {
-        let t = now();
-        let until = t + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(30));
-        // One row per lane: an upsert may not touch a row twice.
-        let mut unique: Vec<&String> = lanes.iter().collect();
-        unique.sort();
-        unique.dedup();
-        if self.is_postgres() {
-            let taken: std::collections::HashSet<String> =
-                pg::try_leases(&self.fast, &unique, owner, until, t)
-                    .await?
-                    .into_iter()
-                    .collect();
-            return Ok(lanes.iter().map(|l| taken.contains(l)).collect());
-        }
-        let backend = self.fast.get_database_backend();
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(unique.len() * 3 + 1);
-        let mut sql = String::from("INSERT INTO group_leases (lane, owner, lease_until) VALUES ");
-        let param = |values: &mut Vec<sea_orm::Value>, v: sea_orm::Value| {
-            values.push(v);
-            match backend {
-                DbBackend::Postgres => format!("${}", values.len()),
-                _ => "?".to_owned(),
-            }
-        };
-        for (i, lane) in unique.iter().enumerate() {
-            let (a, b, c) = (
-                param(&mut values, (*lane).clone().into()),
-                param(&mut values, owner.into()),
-                param(&mut values, until.into()),
+        let (t, until) = lease_window(ttl);
+        let unique = unique_lanes(lanes);
+        let taken: std::collections::HashSet<String> = if self.is_postgres() {
+            pg::try_leases(&self.fast, &unique, owner, until, t)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            let rows = vec!["(?, ?, ?)"; unique.len()].join(", ");
+            let sql = format!(
+                "INSERT INTO group_leases (lane, owner, lease_until) VALUES {rows} \
+                 ON CONFLICT (lane) DO UPDATE SET owner = excluded.owner, \
+                 lease_until = excluded.lease_until \
+                 WHERE group_leases.owner = excluded.owner OR group_leases.lease_until < ? \
+                 RETURNING lane"
             );
-            if i > 0 {
-                sql.push_str(", ");
+            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(unique.len() * 3 + 1);
+            for lane in &unique {
+                values.extend([(*lane).clone().into(), owner.into(), until.into()]);
             }
-            sql.push_str(&format!("({a}, {b}, {c})"));
-        }
-        let expired = param(&mut values, t.into());
-        sql.push_str(&format!(
-            " ON CONFLICT (lane) DO UPDATE SET owner = excluded.owner, \
-             lease_until = excluded.lease_until \
-             WHERE group_leases.owner = excluded.owner OR group_leases.lease_until < {expired} \
-             RETURNING lane"
-        ));
-        let taken: std::collections::HashSet<String> = self
-            .fast
-            .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
-            .await?
-            .iter()
-            .map(|row| row.try_get::<String>("", "lane"))
-            .collect::<Result<_, _>>()?;
+            values.push(t.into());
+            self.fast
+                .query_all_raw(Statement::from_sql_and_values(
+                    DbBackend::Sqlite,
+                    sql,
+                    values,
+                ))
+                .await?
+                .iter()
+                .map(|row| row.try_get::<String>("", "lane"))
+                .collect::<Result<_, _>>()?
+        };
         Ok(lanes.iter().map(|l| taken.contains(l)).collect())
     }
 

@@ -73,29 +73,10 @@ fn ts(t: DateTime<Utc>) -> Value {
     t.into()
 }
 
-/// Inserts the `received` rows that do not exist yet and returns every row, in one
-/// statement. Rows inserted by a concurrent transaction not yet visible are missing
-/// from the answer (the caller reads them again).
-pub(super) async fn inbox_begin<C: ConnectionTrait>(
-    db: &C,
-    rows: Vec<command::ActiveModel>,
-) -> Result<Vec<command::Model>, DbErr> {
-    let rows = rows.iter().map(|r| row_json(r, "")).collect();
-    let sql = "WITH v AS (SELECT * FROM jsonb_populate_recordset(NULL::commands, $1::jsonb)), \
-               ins AS (INSERT INTO commands SELECT * FROM v \
-                       ON CONFLICT (command_id) DO NOTHING RETURNING *) \
-               SELECT * FROM ins UNION ALL \
-               SELECT c.* FROM v CROSS JOIN LATERAL \
-                 (SELECT * FROM commands c WHERE c.command_id = v.command_id) c \
-               WHERE v.command_id NOT IN (SELECT command_id FROM ins)";
-    command::Entity::find()
-        .from_raw_sql(stmt(sql, vec![json_param(rows)]))
-        .all(db)
-        .await
-}
-
-/// [`inbox_begin`] and [`try_leases`] in one statement (they touch different tables):
-/// every command's row, each with the list of lanes taken.
+/// Inserts the `received` rows that do not exist yet and takes or renews the leases on
+/// `lanes` for `owner` (as [`try_leases`]), in one statement: every command's row, and
+/// the lanes taken. Rows inserted by a concurrent transaction not yet visible are
+/// missing from the answer (the caller reads them again).
 pub(super) async fn begin<C: ConnectionTrait>(
     db: &C,
     rows: Vec<command::ActiveModel>,
