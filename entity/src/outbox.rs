@@ -20,6 +20,8 @@ pub struct Model {
     pub payload: Vec<u8>,
     pub created_at: DateTimeUtc,
     pub claimed_until: Option<DateTimeUtc>,
+    /// Unused since rows are deleted once published (migration 4 removed rows an
+    /// earlier version had marked sent); kept so that older databases need no rewrite.
     pub sent_at: Option<DateTimeUtc>,
 }
 

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_create_tables;
 mod m20261122_000002_link_schedule;
 mod m20261122_000003_drop_commands_group_index;
+mod m20261122_000004_drop_outbox_pending_index;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_create_tables::Migration),
             Box::new(m20261122_000002_link_schedule::Migration),
             Box::new(m20261122_000003_drop_commands_group_index::Migration),
+            Box::new(m20261122_000004_drop_outbox_pending_index::Migration),
         ]
     }
 }

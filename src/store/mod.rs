@@ -150,6 +150,11 @@ impl Store {
         // Short, so that an unreachable database fails an operation quickly and the
         // caller's own backoff (not a pool queue) decides when to try again.
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings a connection on every checkout by default: one more round trip
+        // per statement. Only connections idle long enough to have been dropped by the
+        // server or a proxy are pinged; a broken hot connection fails its statement,
+        // which the caller retries.
+        .test_before_acquire_if_idle_for(Duration::from_secs(30))
         .sqlx_logging(false);
         if is_sqlite {
             let db = Database::connect(opts).await?;
@@ -903,12 +908,12 @@ impl Store {
         let sql = match backend {
             DbBackend::Postgres => {
                 "UPDATE outbox SET claimed_until = $1 WHERE id IN (SELECT id FROM outbox \
-                 WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < $2) \
+                 WHERE claimed_until IS NULL OR claimed_until < $2 \
                  ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING *"
             }
             _ => {
                 "UPDATE outbox SET claimed_until = ? WHERE id IN (SELECT id FROM outbox \
-                 WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < ?) \
+                 WHERE claimed_until IS NULL OR claimed_until < ? \
                  ORDER BY id LIMIT ?) RETURNING *"
             }
         };
@@ -956,7 +961,7 @@ impl Store {
 
     /// Unsent outbox rows and the creation time of the oldest.
     pub async fn outbox_pending(&self) -> Result<(u64, Option<DateTime<Utc>>), DbErr> {
-        let pending = outbox::Entity::find().filter(outbox::Column::SentAt.is_null());
+        let pending = outbox::Entity::find();
         let count = pending.clone().count(&self.db).await?;
         let oldest = pending
             .order_by_asc(outbox::Column::Id)

@@ -22,6 +22,7 @@ on_both_databases!(
     a_batch_commit_writes_fresh_outcomes_only_and_keeps_their_order,
     begin_records_each_command_and_takes_only_free_leases,
     migrations_go_down_and_up_again,
+    dropping_the_pending_index_deletes_rows_an_older_version_marked_sent,
 );
 
 fn command(n: usize) -> Command {
@@ -309,5 +310,38 @@ async fn migrations_go_down_and_up_again(db: Db) {
         .inbox_begin(&command(1))
         .await
         .expect("the tables work");
+    store.close().await;
+}
+
+async fn dropping_the_pending_index_deletes_rows_an_older_version_marked_sent(db: Db) {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::{ActiveModelTrait, Set};
+    let env = TestEnv::new(db).await;
+    let store = store(&env).await;
+    let conn = store.connection();
+    Migrator::down(conn, Some(1)).await.expect("down one");
+    for (id, sent) in [("sent", Some(Utc::now())), ("pending", None)] {
+        outbox::ActiveModel {
+            exchange: Set("x".into()),
+            routing_key: Set("k".into()),
+            message_id: Set(Some(id.into())),
+            payload: Set(b"{}".to_vec()),
+            created_at: Set(Utc::now()),
+            sent_at: Set(sent),
+            ..Default::default()
+        }
+        .insert(conn)
+        .await
+        .expect("insert");
+    }
+    store.migrate().await.expect("up again");
+    let left: Vec<_> = outbox::Entity::find()
+        .all(conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.message_id)
+        .collect();
+    assert_eq!(left, [Some("pending".to_owned())]);
     store.close().await;
 }
