@@ -192,15 +192,13 @@ pub struct BackendSettings {
     /// simulator only: added latency per request.
     #[serde(default, with = "humantime_serde")]
     pub latency: Option<Duration>,
-    /// Read the current link before each first reset (kinds that can read). Off: the
-    /// stored code is recorded as the one being replaced, halving requests; reads still
-    /// happen for untracked groups and after an interrupted attempt.
-    #[serde(default = "yes")]
+    /// Read the current link before each first reset (kinds that can read), to record
+    /// exactly the code replaced and notice changes made outside the worker. Off (the
+    /// default): the stored code is recorded as the one being replaced, so a revoke of a
+    /// tracked group costs one request and one rate-limit slot instead of two; reads
+    /// still happen for untracked groups and after an interrupted attempt.
+    #[serde(default)]
     pub read_before_reset: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn default_timeout() -> Duration {
@@ -224,7 +222,7 @@ impl BackendSettings {
             api_version: None,
             endpoints: None,
             latency: None,
-            read_before_reset: true,
+            read_before_reset: false,
         }
     }
 
@@ -636,6 +634,16 @@ mod tests {
         assert_eq!(s.default_backend, "sim");
         assert_eq!(s.amqp.prefetch, 64);
         assert_eq!(s.rotation.link_ttl, Duration::from_secs(7 * 86400));
+        let sim = &s.backends["sim"];
+        assert!(
+            !sim.read_before_reset,
+            "one request per revoke of a tracked group"
+        );
+        let s = load(
+            "[backends.x]\nkind = \"waha\"\nbase_url = \"http://h\"\ntoken = \"t\"\n",
+            &[],
+        );
+        assert!(!s.unwrap().backends["x"].read_before_reset);
     }
 
     #[test]

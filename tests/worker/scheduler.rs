@@ -20,7 +20,7 @@ on_both_databases!(
     claims_are_made_once_per_expiry_with_a_controlled_clock,
     untracked_group_is_tracked_and_rotated,
     external_reset_shows_in_the_history,
-    without_read_before_reset_a_tracked_group_costs_one_request,
+    by_default_a_tracked_group_costs_one_request,
 );
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -152,7 +152,13 @@ async fn untracked_group_is_tracked_and_rotated(db: Db) {
 async fn external_reset_shows_in_the_history(db: Db) {
     let env = TestEnv::new(db).await;
     let mut events = env.tap_events().await;
-    let worker = env.start_worker().await;
+    let mut settings = env.settings.clone();
+    settings
+        .backends
+        .get_mut("sim")
+        .expect("sim backend")
+        .read_before_reset = true;
+    let worker = env.start_worker_with(settings).await;
     let g = group(4);
     let first = env.send(&[revoke("sales", &g)]).await[0];
     let first_code =
@@ -255,16 +261,11 @@ async fn disabled_rotation_schedules_nothing() {
     worker.stop().await;
 }
 
-async fn without_read_before_reset_a_tracked_group_costs_one_request(db: Db) {
+async fn by_default_a_tracked_group_costs_one_request(db: Db) {
     let env = TestEnv::new(db).await;
     let mut events = env.tap_events().await;
-    let mut settings = env.settings.clone();
-    settings
-        .backends
-        .get_mut("sim")
-        .expect("sim backend")
-        .read_before_reset = false;
-    let worker = env.start_worker_with(settings).await;
+    assert!(!env.settings.backends["sim"].read_before_reset);
+    let worker = env.start_worker().await;
     let g = group(5);
     let requests = |op: &str| {
         env.world
