@@ -394,9 +394,50 @@ impl Pipeline {
         // catch that, so no extra read is needed here.
         let id = row.command_id.as_str();
         let key = GroupKey::of(cmd);
-        let stored = self
-            .persist("reading the link", || self.db.links.call(key.clone()))
-            .await?;
+        let session = cmd.session.as_str();
+        // The first request of this delivery takes a rate-limit slot only if it comes
+        // soon; otherwise the command waits in a delay queue (no attempt is spent).
+        let mut max_wait = Some(self.retry.max_inline_wait);
+        // A revoke's first attempt that records the stored code as the one replaced (no
+        // read before the reset) reads the link and records the attempt in one
+        // statement; its slot is reserved first, so a parked command spends no attempt.
+        let premark = self.backends.get(&cmd.backend).filter(|e| {
+            cmd.kind == CommandType::RevokeInvite
+                && row.status == store::STATUS_RECEIVED
+                && (row.attempts.max(0) as u32) < self.retry.max_attempts
+                && !e.read_before_reset
+        });
+        let mut first_ticket = None;
+        let mut first_marked = false;
+        let stored = match premark {
+            Some(entry) => {
+                let ticket = match entry.pacer.reserve(session, max_wait.take()) {
+                    Ok(t) => t,
+                    Err(wait) => return Ok(self.rate_park(wait)),
+                };
+                let first = store::FirstAttempt {
+                    command_id: id.to_owned(),
+                    key: key.clone(),
+                    attempts: row.attempts.max(0) + 1,
+                };
+                let (marked, stored) = self
+                    .persist("recording the attempt", || {
+                        self.db.first_attempts.call(first.clone())
+                    })
+                    .await?;
+                if !marked {
+                    debug!("command was completed elsewhere meanwhile");
+                    m::duplicate();
+                    return Ok(Disposition::Ack);
+                }
+                (first_ticket, first_marked) = (Some(ticket), true);
+                stored
+            }
+            None => {
+                self.persist("reading the link", || self.db.links.call(key.clone()))
+                    .await?
+            }
+        };
         let ctx = Ctx {
             cmd,
             body,
@@ -437,19 +478,20 @@ impl Pipeline {
         };
         let mut external = None;
 
-        // The first request of this delivery takes a rate-limit slot only if it comes
-        // soon; otherwise the command waits in a delay queue (no attempt is spent).
-        let session = cmd.session.as_str();
-        let mut max_wait = Some(self.retry.max_inline_wait);
         // Without a read, the stored code is the one recorded as being replaced. A read
         // is still needed after an interrupted attempt (to see whether its reset went
         // through) and for a group with no stored code.
         let read = entry.read_before_reset || interrupted || stored_code.is_none();
         if entry.backend.can_read() && read {
-            let ticket = match entry.pacer.reserve(session, max_wait.take()) {
+            let reserved = first_ticket
+                .take()
+                .map_or_else(|| entry.pacer.reserve(session, max_wait.take()), Ok);
+            let ticket = match reserved {
                 Ok(t) => t,
                 Err(wait) => return Ok(self.rate_park(wait)),
             };
+            // The code read is recorded (again) before the reset.
+            first_marked = false;
             let read = self
                 .backend_call(
                     entry,
@@ -507,25 +549,31 @@ impl Pipeline {
                     .finish(&ctx, attempts as i32, Outcome::Failed(err), external)
                     .await;
             }
-            let ticket = match entry.pacer.reserve(session, max_wait.take()) {
+            let reserved = first_ticket
+                .take()
+                .map_or_else(|| entry.pacer.reserve(session, max_wait.take()), Ok);
+            let ticket = match reserved {
                 Ok(t) => t,
                 Err(wait) => return Ok(self.rate_park(wait)),
             };
             attempts += 1;
             tracing::Span::current().record("attempt", attempts);
-            let current = self
-                .persist("recording the attempt", || {
-                    self.db.attempts.call(store::Attempt {
-                        command_id: id.to_owned(),
-                        before_code: before.clone(),
-                        attempts: attempts as i32,
+            // The first attempt may already be recorded, with the link read.
+            if !std::mem::take(&mut first_marked) {
+                let current = self
+                    .persist("recording the attempt", || {
+                        self.db.attempts.call(store::Attempt {
+                            command_id: id.to_owned(),
+                            before_code: before.clone(),
+                            attempts: attempts as i32,
+                        })
                     })
-                })
-                .await?;
-            if !current {
-                debug!("command was completed elsewhere meanwhile");
-                m::duplicate();
-                return Ok(Disposition::Ack);
+                    .await?;
+                if !current {
+                    debug!("command was completed elsewhere meanwhile");
+                    m::duplicate();
+                    return Ok(Disposition::Ack);
+                }
             }
             failpoint::hit(failpoint::BEFORE_RESET);
             let reset = self

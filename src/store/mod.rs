@@ -382,6 +382,49 @@ impl Store {
         Ok(ids.iter().map(|id| marked.contains(id)).collect())
     }
 
+    /// A first attempt that replaces the stored code: reads the group's link and marks
+    /// the command executing with the link's code as `before_code` (NULL when the group
+    /// is untracked), in one statement on PostgreSQL. The caller holds the group's lease
+    /// (taken by an earlier statement), so the link read sees every commit of earlier
+    /// holders. Answers, in order, whether each was marked (false: done meanwhile) and
+    /// the link read.
+    pub async fn first_attempt_many(
+        &self,
+        batch: &[FirstAttempt],
+    ) -> Result<Vec<(bool, Option<link::Model>)>, DbErr> {
+        if self.is_postgres() {
+            let marked = pg::first_attempts(&self.fast, batch, now()).await?;
+            let mut found: std::collections::HashMap<String, Option<link::Model>> =
+                marked.into_iter().collect();
+            return Ok(batch
+                .iter()
+                .map(|a| match found.remove(&a.command_id) {
+                    Some(link) => (true, link),
+                    None => (false, None),
+                })
+                .collect());
+        }
+        // SQLite: one process holds every lease, so the read and the update need not be
+        // one statement.
+        let keys: Vec<GroupKey> = batch.iter().map(|a| a.key.clone()).collect();
+        let links = self.link_get_many(&keys).await?;
+        let attempts: Vec<Attempt> = batch
+            .iter()
+            .zip(&links)
+            .map(|(a, link)| Attempt {
+                command_id: a.command_id.clone(),
+                before_code: link.as_ref().and_then(|l| l.invite_code.clone()),
+                attempts: a.attempts,
+            })
+            .collect();
+        let marked = self.mark_executing_many(&attempts).await?;
+        Ok(marked
+            .into_iter()
+            .zip(links)
+            .map(|(marked, link)| (marked, link.filter(|_| marked)))
+            .collect())
+    }
+
     /// Keeps the last transient error of a parked command, for when it comes back.
     pub async fn record_transient_error(
         &self,
@@ -571,6 +614,15 @@ pub struct Begin {
 pub struct Attempt {
     pub command_id: String,
     pub before_code: Option<String>,
+    pub attempts: i32,
+}
+
+/// A command's first attempt with the stored code as the one replaced
+/// ([`Store::first_attempt_many`]).
+#[derive(Clone, Debug)]
+pub struct FirstAttempt {
+    pub command_id: String,
+    pub key: GroupKey,
     pub attempts: i32,
 }
 
@@ -1207,6 +1259,8 @@ pub struct Batches {
     pub leases: Batcher<String, bool>,
     pub links: Batcher<GroupKey, Option<link::Model>>,
     pub attempts: Batcher<Attempt, bool>,
+    /// Link read and attempt marker in one statement (see [`Store::first_attempt_many`]).
+    pub first_attempts: Batcher<FirstAttempt, (bool, Option<link::Model>)>,
     /// Group commit: outcomes submitted while one batch commits are committed together
     /// in the next transaction, so concurrent commands share one wait for the disk.
     pub commits: Batcher<Arc<Completion>, bool>,
@@ -1245,6 +1299,18 @@ impl Batches {
                 async move { store.mark_executing_many(&a).await }
             })
         };
+        let first_attempts = {
+            let store = store.clone();
+            Batcher::start(
+                "first_attempt",
+                1,
+                MAX_BATCH,
+                move |a: Arc<[FirstAttempt]>| {
+                    let store = store.clone();
+                    async move { store.first_attempt_many(&a).await }
+                },
+            )
+        };
         let commits = {
             let store = store.clone();
             Batcher::start("commit", 2, MAX_BATCH, move |c: Arc<[Arc<Completion>]>| {
@@ -1260,6 +1326,7 @@ impl Batches {
             leases,
             links,
             attempts,
+            first_attempts,
             commits,
         }
     }

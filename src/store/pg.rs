@@ -12,7 +12,8 @@ use sea_orm::{
 use serde_json::{Map, Value as Json};
 
 use super::{
-    Attempt, Completion, Deferred, GroupKey, STATUS_DONE, STATUS_EXECUTING, stage_completion,
+    Attempt, Completion, Deferred, FirstAttempt, GroupKey, STATUS_DONE, STATUS_EXECUTING,
+    stage_completion,
 };
 
 fn stmt(sql: &str, values: Vec<Value>) -> Statement {
@@ -190,6 +191,55 @@ pub(super) async fn mark_executing<C: ConnectionTrait>(
         STATUS_DONE.into(),
     ];
     strings(db, sql, values, "command_id").await
+}
+
+/// Reads the links of the commands' groups and marks the commands executing with the
+/// link's code as `before_code`, in one statement; answers, for each command marked, its
+/// id and link (commands already done are left out). Run under the groups' leases,
+/// taken by earlier statements, so the statement's snapshot holds every commit of an
+/// earlier lease holder.
+pub(super) async fn first_attempts<C: ConnectionTrait>(
+    db: &C,
+    batch: &[FirstAttempt],
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, Option<link::Model>)>, DbErr> {
+    let rows = batch
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "command_id": a.command_id, "attempts": a.attempts, "backend": a.key.backend,
+                "session_id": a.key.session_id, "group_id": a.key.group_id,
+            })
+        })
+        .collect();
+    let sql = "UPDATE commands c SET status = $2, before_code = k.invite_code, \
+               attempts = v.attempts, updated_at = $3 \
+               FROM jsonb_to_recordset($1::jsonb) AS v(command_id text, attempts int, \
+                 backend text, session_id text, group_id text) \
+               LEFT JOIN links k ON k.backend = v.backend AND k.session_id = v.session_id \
+                 AND k.group_id = v.group_id \
+               WHERE c.command_id = v.command_id AND c.status <> $4 \
+               RETURNING c.command_id AS marked_command_id, k.*";
+    let values = vec![
+        json_param(rows),
+        STATUS_EXECUTING.into(),
+        ts(now),
+        STATUS_DONE.into(),
+    ];
+    db.query_all_raw(stmt(sql, values))
+        .await?
+        .iter()
+        .map(|row| {
+            let id: String = row.try_get("", "marked_command_id")?;
+            let tracked = row.try_get::<Option<i64>>("", "id")?.is_some();
+            let link = if tracked {
+                Some(link::Model::from_query_result(row, "")?)
+            } else {
+                None
+            };
+            Ok((id, link))
+        })
+        .collect()
 }
 
 /// The group commit as one statement: marks the commands done (skipping any already

@@ -7,7 +7,10 @@ use invite_worker::{
     backend::{InviteCode, Link},
     command::{Command, CommandId, CommandType, GroupId, GroupIdStyle, SessionId},
     events::{ExpirySource, OutboxMessage},
-    store::{Attempt, Begin, Completion, GroupKey, Outcome, STATUS_DONE, STATUS_EXECUTING, Store},
+    store::{
+        Attempt, Begin, Completion, FirstAttempt, GroupKey, Outcome, STATUS_DONE, STATUS_EXECUTING,
+        Store,
+    },
 };
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use uuid::Uuid;
@@ -21,6 +24,7 @@ on_both_databases!(
     batched_receipts_attempts_leases_and_reads_answer_each_request,
     a_batch_commit_writes_fresh_outcomes_only_and_keeps_their_order,
     begin_records_each_command_and_takes_only_free_leases,
+    a_first_attempt_records_the_stored_code_and_returns_the_link,
     migrations_go_down_and_up_again,
     dropping_the_pending_index_deletes_rows_an_older_version_marked_sent,
 );
@@ -343,5 +347,55 @@ async fn dropping_the_pending_index_deletes_rows_an_older_version_marked_sent(db
         .map(|r| r.message_id)
         .collect();
     assert_eq!(left, [Some("pending".to_owned())]);
+    store.close().await;
+}
+
+async fn a_first_attempt_records_the_stored_code_and_returns_the_link(db: Db) {
+    let env = TestEnv::new(db).await;
+    let store = store(&env).await;
+    let done = command(3);
+    store.inbox_begin(&done).await.unwrap();
+    store
+        .complete(&rotated(&done, "Done3", None))
+        .await
+        .unwrap();
+    let (tracked, untracked) = (command(3), command(1));
+    store.inbox_begin(&tracked).await.unwrap();
+    store.inbox_begin(&untracked).await.unwrap();
+    let first = |cmd: &Command| FirstAttempt {
+        command_id: cmd.id.to_string(),
+        key: GroupKey::of(cmd),
+        attempts: 1,
+    };
+    let got = store
+        .first_attempt_many(&[first(&tracked), first(&untracked), first(&done)])
+        .await
+        .unwrap();
+    let summary: Vec<(bool, Option<String>)> = got
+        .iter()
+        .map(|(marked, link)| (*marked, link.as_ref().and_then(|l| l.invite_code.clone())))
+        .collect();
+    assert_eq!(
+        summary,
+        [(true, Some("Done3".into())), (true, None), (false, None)]
+    );
+    assert_eq!(got[0].1.as_ref().unwrap().group_id, group(3));
+    for (cmd, before) in [(&tracked, Some("Done3")), (&untracked, None)] {
+        let row = store.inbox_get(&cmd.id.to_string()).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                row.status.as_str(),
+                row.before_code.as_deref(),
+                row.attempts
+            ),
+            (STATUS_EXECUTING, before, 1)
+        );
+    }
+    let row = store
+        .inbox_get(&done.id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.status, STATUS_DONE, "a done command is left alone");
     store.close().await;
 }
