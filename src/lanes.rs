@@ -119,7 +119,7 @@ impl Lease {
         &self.owner
     }
 
-    /// Records that the lease row was deleted in a transaction of the caller's.
+    /// Records that the lease was released in a transaction of the caller's.
     pub fn mark_released(&self) {
         self.renewer.abort();
         self.released

@@ -333,7 +333,7 @@ pub(super) async fn commit<C: ConnectionTrait>(
               jsonb_populate_record(NULL::outbox, e.v) r \
             WHERE e.v->>'_cmd' IN (SELECT command_id FROM done) ORDER BY e.n), \
           rel AS ( \
-            DELETE FROM group_leases g USING jsonb_array_elements($5::jsonb) e \
+            UPDATE group_leases g SET lease_until = $8 FROM jsonb_array_elements($5::jsonb) e \
             WHERE g.lane = e->>'lane' AND g.owner = e->>'owner' \
               AND e->>'_cmd' IN (SELECT command_id FROM done)) \
         SELECT command_id FROM done";
@@ -345,6 +345,7 @@ pub(super) async fn commit<C: ConnectionTrait>(
         json_param(leases),
         STATUS_DONE.into(),
         ts(t),
+        ts(super::RELEASED),
     ];
     strings(db, sql, values, "command_id").await
 }

@@ -228,6 +228,7 @@ async fn a_batch_commit_writes_fresh_outcomes_only_and_keeps_their_order(db: Db)
     }
 
     let leases: Vec<String> = group_lease::Entity::find()
+        .filter(group_lease::Column::LeaseUntil.gt(Utc::now()))
         .all(db)
         .await
         .unwrap()
