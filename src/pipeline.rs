@@ -121,6 +121,14 @@ struct Ctx<'a> {
     lease: &'a Lease,
 }
 
+/// The answer for a command another delivery completed while this one ran: ack the
+/// duplicate, write nothing.
+fn completed_elsewhere() -> Disposition {
+    debug!("command was completed elsewhere meanwhile");
+    m::duplicate();
+    Disposition::Ack
+}
+
 /// Everything commands need, shared by all in-flight commands of a process.
 pub struct Pipeline {
     pub settings: Arc<Settings>,
@@ -426,9 +434,7 @@ impl Pipeline {
                     })
                     .await?;
                 if !marked {
-                    debug!("command was completed elsewhere meanwhile");
-                    m::duplicate();
-                    return Ok(Disposition::Ack);
+                    return Ok(completed_elsewhere());
                 }
                 (first_ticket, first_marked) = (Some(ticket), true);
                 stored
@@ -570,9 +576,7 @@ impl Pipeline {
                     })
                     .await?;
                 if !current {
-                    debug!("command was completed elsewhere meanwhile");
-                    m::duplicate();
-                    return Ok(Disposition::Ack);
+                    return Ok(completed_elsewhere());
                 }
             }
             failpoint::hit(failpoint::BEFORE_RESET);
@@ -702,9 +706,7 @@ impl Pipeline {
             .await?;
         if !fresh {
             // Nothing was written, the lease included: the caller releases it.
-            debug!("command was completed elsewhere meanwhile");
-            m::duplicate();
-            return Ok(Disposition::Ack);
+            return Ok(completed_elsewhere());
         }
         ctx.lease.mark_released();
         failpoint::hit(failpoint::AFTER_COMMIT);
