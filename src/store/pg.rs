@@ -27,15 +27,7 @@ fn json_param(rows: Vec<Json>) -> Value {
 /// A column value as PostgreSQL's JSON-to-record conversion reads it.
 fn json_value(v: &Value) -> Json {
     match v {
-        Value::Bytes(Some(b)) => {
-            use std::fmt::Write;
-            let mut s = String::with_capacity(2 + b.len() * 2);
-            s.push_str("\\x");
-            for byte in b.iter() {
-                let _ = write!(s, "{byte:02x}");
-            }
-            Json::String(s)
-        }
+        Value::Bytes(Some(b)) => Json::String(format!("\\x{}", hex::encode(b.as_slice()))),
         Value::ChronoDateTimeUtc(Some(t)) => {
             Json::String(t.to_rfc3339_opts(SecondsFormat::Micros, true))
         }
