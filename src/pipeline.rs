@@ -346,12 +346,35 @@ impl Pipeline {
         let waited = std::time::Instant::now();
         let _lane = self.lanes.acquire(&lane).await;
         m::stage("waiting for the group lane", waited.elapsed());
+        // A revoke that records the stored code as the one replaced may have its first
+        // attempt recorded with the receipt (PostgreSQL): its rate-limit slot is
+        // reserved first, so that a command parked for the rate limit spends no attempt.
+        let mut ticket = None;
+        if let Some(entry) = self.backends.get(&cmd.backend).filter(|e| {
+            cmd.kind == CommandType::RevokeInvite
+                && !e.read_before_reset
+                && self.retry.max_attempts > 0
+        }) {
+            match entry
+                .pacer
+                .reserve(cmd.session.as_str(), Some(self.retry.max_inline_wait))
+            {
+                Ok(t) => ticket = Some(t),
+                Err(wait) => return Ok(self.rate_park(wait)),
+            }
+        }
         let ttl = self.settings.worker.group_lease;
         let begin = store::Begin {
             cmd: cmd.clone(),
             lane: lane.clone(),
+            first_attempt: ticket.is_some(),
         };
-        let (row, leased) = self
+        let store::Begun {
+            mut row,
+            leased,
+            first_attempt,
+            link,
+        } = self
             .persist("recording the command", || {
                 self.db.begin.call(begin.clone())
             })
@@ -366,6 +389,13 @@ impl Pipeline {
             }
             return Ok(Disposition::Ack);
         }
+        let recorded = first_attempt.then(|| {
+            // Go on from the row as received, with its first attempt recorded.
+            row.status = store::STATUS_RECEIVED.to_owned();
+            row.attempts -= 1;
+            row.before_code = None;
+            link
+        });
         let lease = if leased {
             Some(Lease::held(&self.store, &lane, &self.instance_id, ttl))
         } else {
@@ -385,17 +415,24 @@ impl Pipeline {
             debug!("group is busy in another process; parking the command");
             return Ok(Disposition::Park(Duration::from_secs(1)));
         };
-        let result = self.run_leased(cmd, body, row, &lease).await;
+        let result = self
+            .run_leased(cmd, body, row, &lease, ticket, recorded)
+            .await;
         lease.release().await;
         result
     }
 
+    /// Runs a command under its group lease. `ticket` is a rate-limit slot reserved for
+    /// its first request; `recorded` is set when its first attempt is already recorded
+    /// (by the receipt), with the group's link read then.
     async fn run_leased(
         &self,
         cmd: &Command,
         body: &[u8],
         row: entity::command::Model,
         lease: &Lease,
+        ticket: Option<Ticket>,
+        recorded: Option<Option<entity::link::Model>>,
     ) -> Result<Disposition, Unsettled> {
         // `row` was read before the lease was taken: another process may finish the same
         // command meanwhile. The conditional updates in `mark_executing` and `complete`
@@ -405,7 +442,7 @@ impl Pipeline {
         let session = cmd.session.as_str();
         // The first request of this delivery takes a rate-limit slot only if it comes
         // soon; otherwise the command waits in a delay queue (no attempt is spent).
-        let mut max_wait = Some(self.retry.max_inline_wait);
+        let mut max_wait = ticket.is_none().then_some(self.retry.max_inline_wait);
         // A revoke's first attempt that records the stored code as the one replaced (no
         // read before the reset) reads the link and records the attempt in one
         // statement; its slot is reserved first, so a parked command spends no attempt.
@@ -415,11 +452,17 @@ impl Pipeline {
                 && (row.attempts.max(0) as u32) < self.retry.max_attempts
                 && !e.read_before_reset
         });
-        let mut first_ticket = None;
+        let mut first_ticket;
         let mut first_marked = false;
-        let stored = match premark {
-            Some(entry) => {
-                let ticket = match entry.pacer.reserve(session, max_wait.take()) {
+        let stored = match (recorded, premark) {
+            (Some(link), _) => {
+                (first_ticket, first_marked) = (ticket, true);
+                link
+            }
+            (None, Some(entry)) => {
+                let reserved =
+                    ticket.map_or_else(|| entry.pacer.reserve(session, max_wait.take()), Ok);
+                let ticket = match reserved {
                     Ok(t) => t,
                     Err(wait) => return Ok(self.rate_park(wait)),
                 };
@@ -439,7 +482,8 @@ impl Pipeline {
                 (first_ticket, first_marked) = (Some(ticket), true);
                 stored
             }
-            None => {
+            (None, None) => {
+                first_ticket = ticket;
                 self.persist("reading the link", || self.db.links.call(key.clone()))
                     .await?
             }

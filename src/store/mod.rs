@@ -250,52 +250,94 @@ impl Store {
     /// the number of commands); returns the rows in the order of `cmds`.
     pub async fn inbox_begin_many(&self, cmds: &[Command]) -> Result<Vec<command::Model>, DbErr> {
         let t = now();
-        let ids: Vec<String> = cmds.iter().map(|c| c.id.to_string()).collect();
-        let rows = cmds.iter().map(|c| received_row(c, t));
         let found = if self.is_postgres() {
             // The combined statement with no lease to take.
-            pg::begin(&self.fast, rows.collect(), &[], "", t, t)
-                .await?
-                .0
+            let rows: Vec<pg::BeginRow> = cmds
+                .iter()
+                .map(|c| pg::BeginRow {
+                    row: received_row(c, t),
+                    lane: String::new(),
+                    first_attempt: false,
+                })
+                .collect();
+            let (found, _) = pg::begin(&self.fast, &rows, &[], "", t, t).await?;
+            found.into_iter().map(|b| b.row).collect()
         } else {
-            command::Entity::insert_many(rows)
+            let ids: Vec<String> = cmds.iter().map(|c| c.id.to_string()).collect();
+            command::Entity::insert_many(cmds.iter().map(|c| received_row(c, t)))
                 .on_conflict_do_nothing()
                 .exec_without_returning(&self.fast)
                 .await?;
             command::Entity::find()
-                .filter(command::Column::CommandId.is_in(ids.iter().cloned()))
+                .filter(command::Column::CommandId.is_in(ids))
                 .all(&self.fast)
                 .await?
         };
         self.in_order(cmds, found).await
     }
 
-    /// For each request, [`Store::inbox_begin_many`] and [`Store::try_lease_many`] (one
-    /// statement on PostgreSQL): the command's row and whether its lane's lease was
-    /// taken for `owner`.
+    /// For each request, [`Store::inbox_begin_many`] and [`Store::try_lease_many`]: the
+    /// command's row and whether its lane's lease was taken for `owner`. On PostgreSQL
+    /// this is one statement, which also records the first attempt of each request that
+    /// asks for it when its row is new and its lease taken (see [`Begun`]); SQLite never
+    /// does (the caller records it with [`Store::first_attempt_many`]).
     pub async fn begin_many(
         &self,
         batch: &[Begin],
         owner: &str,
         ttl: Duration,
-    ) -> Result<Vec<(command::Model, bool)>, DbErr> {
+    ) -> Result<Vec<Begun>, DbErr> {
         let cmds: Vec<Command> = batch.iter().map(|b| b.cmd.clone()).collect();
         let lanes: Vec<String> = batch.iter().map(|b| b.lane.clone()).collect();
         if !self.is_postgres() {
             let rows = self.inbox_begin_many(&cmds).await?;
             let leased = self.try_lease_many(&lanes, owner, ttl).await?;
-            return Ok(rows.into_iter().zip(leased).collect());
+            return Ok(rows
+                .into_iter()
+                .zip(leased)
+                .map(|(row, leased)| Begun {
+                    row,
+                    leased,
+                    first_attempt: false,
+                    link: None,
+                })
+                .collect());
         }
         let (t, until) = lease_window(ttl);
-        let rows = cmds.iter().map(|c| received_row(c, t)).collect();
+        let rows: Vec<pg::BeginRow> = batch
+            .iter()
+            .map(|b| pg::BeginRow {
+                row: received_row(&b.cmd, t),
+                lane: b.lane.clone(),
+                first_attempt: b.first_attempt,
+            })
+            .collect();
         let unique = unique_lanes(&lanes);
-        let (found, taken) = pg::begin(&self.fast, rows, &unique, owner, until, t).await?;
+        let (found, taken) = pg::begin(&self.fast, &rows, &unique, owner, until, t).await?;
         let taken: std::collections::HashSet<String> = taken.into_iter().collect();
+        let mut firsts = std::collections::HashMap::new();
+        let found = found
+            .into_iter()
+            .map(|b| {
+                if b.first_attempt {
+                    firsts.insert(b.row.command_id.clone(), b.link);
+                }
+                b.row
+            })
+            .collect();
         let rows = self.in_order(&cmds, found).await?;
         Ok(rows
             .into_iter()
             .zip(&lanes)
-            .map(|(row, lane)| (row, taken.contains(lane)))
+            .map(|(row, lane)| {
+                let first = firsts.remove(&row.command_id);
+                Begun {
+                    leased: taken.contains(lane),
+                    first_attempt: first.is_some(),
+                    link: first.flatten(),
+                    row,
+                }
+            })
             .collect())
     }
 
@@ -612,6 +654,24 @@ fn unique_lanes(lanes: &[String]) -> Vec<&String> {
 pub struct Begin {
     pub cmd: Command,
     pub lane: String,
+    /// Record the command's first attempt in the same statement if its row is new and
+    /// the lease is taken (PostgreSQL). Only for a first attempt that records the stored
+    /// code as the one replaced, with its rate-limit slot already reserved.
+    pub first_attempt: bool,
+}
+
+/// [`Store::begin_many`]'s answer for one command.
+#[derive(Clone, Debug)]
+pub struct Begun {
+    pub row: command::Model,
+    /// The lane's lease was taken (or renewed) for the owner.
+    pub leased: bool,
+    /// The row was inserted with its first attempt recorded: `executing`, attempt 1, the
+    /// group's stored code as `before_code` (NULL when untracked), read under the lease.
+    pub first_attempt: bool,
+    /// The group's link as read for the first attempt (None when untracked or not
+    /// `first_attempt`).
+    pub link: Option<link::Model>,
 }
 
 /// One command's attempt marker, written before its reset call.
@@ -1262,8 +1322,8 @@ impl Deferred {
 /// disjoint rows.
 #[derive(Clone)]
 pub struct Batches {
-    /// Inbox receipt and lease in one statement: (row, lease taken).
-    pub begin: Batcher<Begin, (command::Model, bool)>,
+    /// Inbox receipt and lease (and on PostgreSQL a first attempt) in one statement.
+    pub begin: Batcher<Begin, Begun>,
     pub leases: Batcher<String, bool>,
     pub links: Batcher<GroupKey, Option<link::Model>>,
     pub attempts: Batcher<Attempt, bool>,

@@ -12,7 +12,7 @@ use sea_orm::{
 use serde_json::{Map, Value as Json};
 
 use super::{
-    Attempt, Completion, Deferred, FirstAttempt, GroupKey, STATUS_DONE, STATUS_EXECUTING,
+    Attempt, Begun, Completion, Deferred, FirstAttempt, GroupKey, STATUS_DONE, STATUS_EXECUTING,
     stage_completion,
 };
 
@@ -66,54 +66,126 @@ fn ts(t: DateTime<Utc>) -> Value {
     t.into()
 }
 
-/// Inserts the `received` rows that do not exist yet and takes or renews the leases on
-/// `lanes` for `owner` (as [`try_leases`]), in one statement: every command's row, and
-/// the lanes taken. Rows inserted by a concurrent transaction not yet visible are
-/// missing from the answer (the caller reads them again).
+/// One command for [`begin`]: its new row, its lane, and whether to record its first
+/// attempt in the same statement.
+pub(super) struct BeginRow {
+    pub row: command::ActiveModel,
+    pub lane: String,
+    pub first_attempt: bool,
+}
+
+/// The select list of the links columns prefixed `l_` (read back with that prefix).
+fn prefixed_link_columns() -> &'static str {
+    static COLUMNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    COLUMNS.get_or_init(|| {
+        <link::Column as Iterable>::iter()
+            .map(|c| format!("l.{0} AS l_{0}", c.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
+fn begin_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "WITH lease AS (INSERT INTO group_leases (lane, owner, lease_until) \
+               SELECT DISTINCT e #>> '{{}}', $3, $4 FROM jsonb_array_elements($2::jsonb) e \
+               ON CONFLICT (lane) DO UPDATE SET owner = excluded.owner, \
+               lease_until = excluded.lease_until \
+               WHERE group_leases.owner = excluded.owner OR group_leases.lease_until < $5 \
+               RETURNING lane), \
+             x AS (SELECT e, e->>'command_id' AS cid, \
+               coalesce((e->>'_first')::boolean, false) \
+                 AND (e->>'_lane') IN (SELECT lane FROM lease) AS first \
+               FROM jsonb_array_elements($1::jsonb) e), \
+             lk AS (SELECT x.cid, {link} FROM x JOIN links l ON l.backend = x.e->>'backend' \
+               AND l.session_id = x.e->>'session_id' AND l.group_id = x.e->>'group_id' \
+               WHERE x.first FOR SHARE OF l), \
+             v AS (SELECT x.cid, x.first, jsonb_populate_record(NULL::commands, \
+                 CASE WHEN x.first THEN x.e || jsonb_build_object('status', $6::text, \
+                   'attempts', 1, 'before_code', lk.l_invite_code) ELSE x.e END) AS rec \
+               FROM x LEFT JOIN lk ON lk.cid = x.cid), \
+             ins AS (INSERT INTO commands SELECT (v.rec).* FROM v \
+               ON CONFLICT (command_id) DO NOTHING RETURNING *), \
+             found AS (SELECT ins.*, true AS fresh FROM ins UNION ALL \
+               SELECT c.*, false FROM v CROSS JOIN LATERAL \
+                 (SELECT * FROM commands c WHERE c.command_id = v.cid) c \
+               WHERE v.cid NOT IN (SELECT command_id FROM ins)) \
+             SELECT found.*, found.fresh AND v.first AS first_recorded, lk.*, \
+               (SELECT coalesce(jsonb_agg(lane), '[]'::jsonb) FROM lease) AS taken_lanes \
+             FROM found JOIN v ON v.cid = found.command_id \
+             LEFT JOIN lk ON lk.cid = found.command_id",
+            link = prefixed_link_columns()
+        )
+    })
+}
+
+/// Inserts the rows that do not exist yet and takes or renews the leases on `lanes` for
+/// `owner` (as [`try_leases`]), in one statement; answers every command's row, and the
+/// lanes taken. A row marked `first_attempt` whose lane is taken is inserted with its
+/// first attempt recorded (`executing`, attempt 1, the stored code as `before_code`):
+/// the link is read `FOR SHARE` after the lease is taken, and under READ COMMITTED a
+/// locking read returns the latest committed version of the row, so a previous lease
+/// holder's commit (which updates the link and releases the lease together) is seen even
+/// if it committed after the statement's snapshot; a link it inserted is not seen, and
+/// the command is then treated as untracked (its current link is read from the
+/// provider). Rows inserted by a concurrent transaction not yet visible are missing from
+/// the answer (the caller reads them again).
 pub(super) async fn begin<C: ConnectionTrait>(
     db: &C,
-    rows: Vec<command::ActiveModel>,
+    rows: &[BeginRow],
     lanes: &[&String],
     owner: &str,
     until: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<(Vec<command::Model>, Vec<String>), DbErr> {
-    let rows = rows.iter().map(|r| row_json(r, "")).collect();
+) -> Result<(Vec<Begun>, Vec<String>), DbErr> {
+    // `leased` is left false: the caller matches the lanes taken.
+    let rows = rows
+        .iter()
+        .map(|r| {
+            let mut json = row_json(&r.row, "");
+            if let Json::Object(map) = &mut json {
+                map.insert("_lane".to_owned(), Json::String(r.lane.clone()));
+                map.insert("_first".to_owned(), Json::Bool(r.first_attempt));
+            }
+            json
+        })
+        .collect();
     let lanes = lanes.iter().map(|l| Json::String((*l).clone())).collect();
-    let sql = "WITH v AS (SELECT * FROM jsonb_populate_recordset(NULL::commands, $1::jsonb)), \
-               ins AS (INSERT INTO commands SELECT * FROM v \
-                       ON CONFLICT (command_id) DO NOTHING RETURNING *), \
-               lease AS (INSERT INTO group_leases (lane, owner, lease_until) \
-                 SELECT DISTINCT e #>> '{}', $3, $4 FROM jsonb_array_elements($2::jsonb) e \
-                 ON CONFLICT (lane) DO UPDATE SET owner = excluded.owner, \
-                 lease_until = excluded.lease_until \
-                 WHERE group_leases.owner = excluded.owner OR group_leases.lease_until < $5 \
-                 RETURNING lane), \
-               found AS (SELECT * FROM ins UNION ALL \
-                 SELECT c.* FROM v CROSS JOIN LATERAL \
-                   (SELECT * FROM commands c WHERE c.command_id = v.command_id) c \
-                 WHERE v.command_id NOT IN (SELECT command_id FROM ins)) \
-               SELECT found.*, \
-                 (SELECT coalesce(jsonb_agg(lane), '[]'::jsonb) FROM lease) AS taken_lanes \
-               FROM found";
     let values = vec![
         json_param(rows),
         json_param(lanes),
         owner.into(),
         ts(until),
         ts(now),
+        STATUS_EXECUTING.into(),
     ];
-    let result = db.query_all_raw(stmt(sql, values)).await?;
+    let result = db.query_all_raw(stmt(begin_sql(), values)).await?;
     let mut taken = Vec::new();
     if let Some(first) = result.first() {
         let lanes: Json = first.try_get("", "taken_lanes")?;
         taken = serde_json::from_value(lanes).map_err(|e| DbErr::Json(e.to_string()))?;
     }
-    let commands = result
+    let begun = result
         .iter()
-        .map(|row| command::Model::from_query_result(row, ""))
-        .collect::<Result<_, _>>()?;
-    Ok((commands, taken))
+        .map(|row| {
+            let first_attempt: bool = row.try_get("", "first_recorded")?;
+            let tracked = row.try_get::<Option<i64>>("", "l_id")?.is_some();
+            let link = if first_attempt && tracked {
+                Some(link::Model::from_query_result(row, "l_")?)
+            } else {
+                None
+            };
+            Ok(Begun {
+                row: command::Model::from_query_result(row, "")?,
+                leased: false,
+                first_attempt,
+                link,
+            })
+        })
+        .collect::<Result<_, DbErr>>()?;
+    Ok((begun, taken))
 }
 
 /// Takes or renews the leases on `lanes` for `owner`; returns the lanes taken.

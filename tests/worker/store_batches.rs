@@ -16,7 +16,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use uuid::Uuid;
 
 use crate::{
-    helpers::{Db, TestEnv, group},
+    helpers::{Db, TestEnv, group, wait_until},
     on_both_databases,
 };
 
@@ -25,6 +25,7 @@ on_both_databases!(
     a_batch_commit_writes_fresh_outcomes_only_and_keeps_their_order,
     begin_records_each_command_and_takes_only_free_leases,
     a_first_attempt_records_the_stored_code_and_returns_the_link,
+    begin_records_the_first_attempt_of_new_leased_commands_on_postgres,
     migrations_go_down_and_up_again,
     dropping_the_pending_index_deletes_rows_an_older_version_marked_sent,
 );
@@ -39,6 +40,17 @@ fn command(n: usize) -> Command {
         reason: Some("batch test".into()),
         requested_by: None,
     }
+}
+
+/// Completes a command on group 3 with code `Done3`: the group is tracked. Returns it.
+async fn track_group_3(store: &Store) -> Command {
+    let done = command(3);
+    store.inbox_begin(&done).await.unwrap();
+    store
+        .complete(&rotated(&done, "Done3", None))
+        .await
+        .unwrap();
+    done
 }
 
 async fn store(env: &TestEnv) -> Store {
@@ -260,6 +272,7 @@ async fn begin_records_each_command_and_takes_only_free_leases(db: Db) {
     let begin = |cmd: &Command, lane: &str| Begin {
         cmd: cmd.clone(),
         lane: lane.to_owned(),
+        first_attempt: false,
     };
     let got = store
         .begin_many(
@@ -269,9 +282,10 @@ async fn begin_records_each_command_and_takes_only_free_leases(db: Db) {
         )
         .await
         .unwrap();
+    assert!(got.iter().all(|b| !b.first_attempt && b.link.is_none()));
     let summary: Vec<(String, &str, bool)> = got
         .iter()
-        .map(|(row, leased)| (row.command_id.clone(), row.status.as_str(), *leased))
+        .map(|b| (b.row.command_id.clone(), b.row.status.as_str(), b.leased))
         .collect();
     assert_eq!(
         summary,
@@ -288,7 +302,7 @@ async fn begin_records_each_command_and_takes_only_free_leases(db: Db) {
         .await
         .unwrap();
     assert_eq!(
-        again.iter().map(|(_, leased)| *leased).collect::<Vec<_>>(),
+        again.iter().map(|b| b.leased).collect::<Vec<_>>(),
         [true, false]
     );
     store.close().await;
@@ -354,12 +368,7 @@ async fn dropping_the_pending_index_deletes_rows_an_older_version_marked_sent(db
 async fn a_first_attempt_records_the_stored_code_and_returns_the_link(db: Db) {
     let env = TestEnv::new(db).await;
     let store = store(&env).await;
-    let done = command(3);
-    store.inbox_begin(&done).await.unwrap();
-    store
-        .complete(&rotated(&done, "Done3", None))
-        .await
-        .unwrap();
+    let done = track_group_3(&store).await;
     let (tracked, untracked) = (command(3), command(1));
     store.inbox_begin(&tracked).await.unwrap();
     store.inbox_begin(&untracked).await.unwrap();
@@ -399,4 +408,154 @@ async fn a_first_attempt_records_the_stored_code_and_returns_the_link(db: Db) {
         .unwrap();
     assert_eq!(row.status, STATUS_DONE, "a done command is left alone");
     store.close().await;
+}
+
+/// With `first_attempt`, a new command whose lease is taken is inserted `executing` with
+/// attempt 1 and the stored code as `before_code` (PostgreSQL); an existing row or a
+/// busy lane is left as is. SQLite records no first attempt at receipt.
+async fn begin_records_the_first_attempt_of_new_leased_commands_on_postgres(db: Db) {
+    let postgres = matches!(db, Db::Postgres);
+    let env = TestEnv::new(db).await;
+    let store = store(&env).await;
+    let ttl = std::time::Duration::from_secs(30);
+    track_group_3(&store).await;
+    let (tracked, untracked, busy, existing) = (command(3), command(1), command(2), command(4));
+    store.inbox_begin(&existing).await.unwrap();
+    store
+        .try_lease_many(&["l2".to_string()], "other", ttl)
+        .await
+        .unwrap();
+    let begin = |cmd: &Command, lane: &str| Begin {
+        cmd: cmd.clone(),
+        lane: lane.to_owned(),
+        first_attempt: true,
+    };
+    let got = store
+        .begin_many(
+            &[
+                begin(&tracked, "l3"),
+                begin(&untracked, "l1"),
+                begin(&busy, "l2"),
+                begin(&existing, "l4"),
+            ],
+            "me",
+            ttl,
+        )
+        .await
+        .unwrap();
+    let summary: Vec<(bool, bool, Option<String>)> = got
+        .iter()
+        .map(|b| {
+            let code = b.link.as_ref().and_then(|l| l.invite_code.clone());
+            (b.leased, b.first_attempt, code)
+        })
+        .collect();
+    let expected = [
+        (true, postgres, postgres.then(|| "Done3".to_owned())),
+        (true, postgres, None),
+        (false, false, None),
+        (true, false, None),
+    ];
+    assert_eq!(summary, expected);
+    if postgres {
+        assert_eq!(got[0].link.as_ref().unwrap().group_id, group(3));
+    }
+    let executing = (STATUS_EXECUTING, 1);
+    let received = ("received", 0);
+    for (cmd, state, before) in [
+        (
+            &tracked,
+            if postgres { executing } else { received },
+            postgres.then_some("Done3"),
+        ),
+        (
+            &untracked,
+            if postgres { executing } else { received },
+            None,
+        ),
+        (&busy, received, None),
+        (&existing, received, None),
+    ] {
+        let row = store.inbox_get(&cmd.id.to_string()).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                (row.status.as_str(), row.attempts),
+                row.before_code.as_deref()
+            ),
+            (state, before),
+            "{}",
+            row.group_id
+        );
+    }
+    store.close().await;
+}
+
+/// The first attempt recorded at receipt reads the link after taking the lease: when the
+/// previous holder's commit (new code, lease released) lands while the statement waits
+/// for the lease, the code recorded as the one replaced is the new one, not the one in
+/// the statement's snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_attempt_at_receipt_sees_a_commit_that_released_the_lease_meanwhile() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let env = TestEnv::new(Db::Postgres).await;
+    let store = store(&env).await;
+    let ttl = std::time::Duration::from_secs(30);
+    track_group_3(&store).await;
+    store
+        .try_lease_many(&["l3".to_string()], "other", ttl)
+        .await
+        .unwrap();
+    // The other holder's commit, held open: the link changes and the lease is released.
+    let other = env.store().await;
+    let txn = other.connection().begin().await.unwrap();
+    txn.execute_unprepared(
+        "UPDATE group_leases SET lease_until = '1970-01-01T00:00:00Z' WHERE lane = 'l3'",
+    )
+    .await
+    .unwrap();
+    txn.execute_unprepared(&format!(
+        "UPDATE links SET invite_code = 'Newer' WHERE group_id = '{}'",
+        group(3)
+    ))
+    .await
+    .unwrap();
+    let cmd = command(3);
+    let begun = {
+        let (store, cmd) = (store.clone(), cmd.clone());
+        tokio::spawn(async move {
+            let begin = Begin {
+                cmd,
+                lane: "l3".into(),
+                first_attempt: true,
+            };
+            store.begin_many(&[begin], "me", ttl).await.unwrap()
+        })
+    };
+    let watcher = env.store().await;
+    wait_until(std::time::Duration::from_secs(10), || async {
+        let waiting = watcher
+            .connection()
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        waiting.try_get::<i64>("", "n").unwrap() == 1
+    })
+    .await;
+    txn.commit().await.unwrap();
+    let got = begun.await.unwrap().remove(0);
+    assert!(got.leased && got.first_attempt);
+    assert_eq!(
+        got.link.and_then(|l| l.invite_code).as_deref(),
+        Some("Newer")
+    );
+    let row = store.inbox_get(&cmd.id.to_string()).await.unwrap().unwrap();
+    assert_eq!(row.before_code.as_deref(), Some("Newer"));
+    for s in [other, watcher, store] {
+        s.close().await;
+    }
 }
