@@ -79,12 +79,16 @@ impl Pacer {
 
     /// Sleeps until the ticket's slot and until the interval since the session's last
     /// request has passed, then records the send. Call right before sending. Returns how
-    /// long it waited.
+    /// long it waited (zero when the request could leave at once: no timer is set then).
     pub async fn wait(&self, session: &str, ticket: Ticket) -> Duration {
         let start = Instant::now();
         let mut at = ticket.slot;
+        let mut slept = false;
         loop {
-            tokio::time::sleep_until(at).await;
+            if at > Instant::now() {
+                tokio::time::sleep_until(at).await;
+                slept = true;
+            }
             let now = Instant::now();
             let mut sessions = self.lock();
             let s = sessions.entry(session.to_owned()).or_default();
@@ -92,7 +96,7 @@ impl Pacer {
                 Some(earliest) if earliest > now => at = earliest,
                 _ => {
                     s.last_sent = Some(now);
-                    return now - start;
+                    return if slept { now - start } else { Duration::ZERO };
                 }
             }
         }
@@ -136,6 +140,16 @@ mod tests {
         let t = Instant::now();
         p.acquire("b").await;
         assert_eq!(t.elapsed(), Duration::ZERO);
+    }
+
+    /// In real time: a request that leaves at once reports no wait (the metric of
+    /// rate-limited requests counts only those that were held back).
+    #[tokio::test]
+    async fn a_free_slot_is_no_wait_and_a_taken_one_is() {
+        let p = Pacer::new(per_second(1000));
+        assert_eq!(p.acquire("a").await, Duration::ZERO);
+        assert!(p.acquire("a").await > Duration::ZERO);
+        assert_eq!(p.acquire("b").await, Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
