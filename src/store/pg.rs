@@ -9,7 +9,8 @@ use sea_orm::{
     ActiveModelTrait, ActiveValue, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
     IdenStatic, Iterable, Statement, Value, sea_query::value::sea_value_to_json_value,
 };
-use serde_json::{Map, Value as Json};
+use serde::{Serialize, Serializer, ser::SerializeMap};
+use serde_json::Value as Json;
 
 use super::{
     Attempt, Begun, Completion, Deferred, FirstAttempt, GroupKey, STATUS_DONE, STATUS_EXECUTING,
@@ -24,6 +25,77 @@ fn json_param(rows: Vec<Json>) -> Value {
     Value::Json(Some(Box::new(Json::Array(rows))))
 }
 
+/// The rows of one JSON array parameter, serialized straight from their values (no
+/// intermediate JSON tree to build and drop); sent as text, which the statement casts
+/// to `jsonb`.
+struct JsonRows(Vec<u8>);
+
+impl JsonRows {
+    fn new() -> Self {
+        Self(b"[".to_vec())
+    }
+
+    fn push<T: Serialize>(&mut self, row: &T) -> Result<(), DbErr> {
+        if self.0.len() > 1 {
+            self.0.push(b',');
+        }
+        serde_json::to_writer(&mut self.0, row).map_err(|e| DbErr::Json(e.to_string()))
+    }
+
+    fn collect<T: Serialize>(rows: impl IntoIterator<Item = T>) -> Result<Value, DbErr> {
+        let mut out = Self::new();
+        for row in rows {
+            out.push(&row)?;
+        }
+        out.param()
+    }
+
+    fn param(mut self) -> Result<Value, DbErr> {
+        self.0.push(b']');
+        let text = String::from_utf8(self.0).map_err(|e| DbErr::Json(e.to_string()))?;
+        Ok(Value::String(Some(text)))
+    }
+}
+
+/// The set columns of an active model as a JSON object keyed by column name (values as
+/// [`json_value`] writes them), followed by `extra` fields.
+struct ModelRow<'a, A> {
+    row: &'a A,
+    extra: &'a [(&'static str, &'a Json)],
+}
+
+impl<A: ActiveModelTrait> Serialize for ModelRow<'_, A> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for col in <<A::Entity as EntityTrait>::Column as Iterable>::iter() {
+            if let ActiveValue::Set(v) | ActiveValue::Unchanged(v) = self.row.get(col) {
+                map.serialize_entry(col.as_str(), &SqlValue(&v))?;
+            }
+        }
+        for (key, value) in self.extra {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// One column value, serialized as [`json_value`] converts it.
+struct SqlValue<'a>(&'a Value);
+
+impl Serialize for SqlValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Bool(Some(b)) => s.serialize_bool(*b),
+            Value::Int(Some(n)) => s.serialize_i32(*n),
+            Value::BigInt(Some(n)) => s.serialize_i64(*n),
+            Value::String(Some(text)) => s.serialize_str(text),
+            Value::Bytes(Some(b)) => s.collect_str(&format_args!("\\x{}", hex::encode(b))),
+            Value::ChronoDateTimeUtc(Some(t)) => s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
+            other => json_value(other).serialize(s),
+        }
+    }
+}
+
 /// A column value as PostgreSQL's JSON-to-record conversion reads it.
 fn json_value(v: &Value) -> Json {
     match v {
@@ -33,19 +105,6 @@ fn json_value(v: &Value) -> Json {
         }
         other => sea_value_to_json_value(other),
     }
-}
-
-/// The set columns of an active model as a JSON object keyed by column name, tagged
-/// with the command the row belongs to (`_cmd`).
-fn row_json<A: ActiveModelTrait>(row: &A, tag: &str) -> Json {
-    let mut map = Map::new();
-    for col in <<A::Entity as EntityTrait>::Column as Iterable>::iter() {
-        if let ActiveValue::Set(v) | ActiveValue::Unchanged(v) = row.get(col) {
-            map.insert(col.as_str().to_owned(), json_value(&v));
-        }
-    }
-    map.insert("_cmd".to_owned(), Json::String(tag.to_owned()));
-    Json::Object(map)
 }
 
 /// Runs `sql` and returns the text column `column` of every row.
@@ -141,21 +200,17 @@ pub(super) async fn begin<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<(Vec<Begun>, Vec<String>), DbErr> {
     // `leased` is left false: the caller matches the lanes taken.
-    let rows = rows
-        .iter()
-        .map(|r| {
-            let mut json = row_json(&r.row, "");
-            if let Json::Object(map) = &mut json {
-                map.insert("_lane".to_owned(), Json::String(r.lane.clone()));
-                map.insert("_first".to_owned(), Json::Bool(r.first_attempt));
-            }
-            json
-        })
-        .collect();
-    let lanes = lanes.iter().map(|l| Json::String((*l).clone())).collect();
+    let mut params = JsonRows::new();
+    for r in rows {
+        let (lane, first) = (Json::String(r.lane.clone()), Json::Bool(r.first_attempt));
+        params.push(&ModelRow {
+            row: &r.row,
+            extra: &[("_lane", &lane), ("_first", &first)],
+        })?;
+    }
     let values = vec![
-        json_param(rows),
-        json_param(lanes),
+        params.param()?,
+        JsonRows::collect(lanes)?,
         owner.into(),
         ts(until),
         ts(now),
@@ -306,6 +361,41 @@ pub(super) async fn first_attempts<C: ConnectionTrait>(
         .collect()
 }
 
+/// A command's outcome, as the commit's `commands` update reads it.
+#[derive(Serialize)]
+struct OutcomeRow<'a> {
+    command_id: String,
+    outcome: &'a str,
+    attempts: i32,
+    new_code: Option<String>,
+    error_kind: Option<&'a str>,
+    error_message: Option<&'a str>,
+    http_status: Option<u16>,
+    event_id: Option<String>,
+}
+
+/// A lease the commit releases, tagged with its command.
+#[derive(Serialize)]
+struct LeaseRow<'a> {
+    #[serde(rename = "_cmd")]
+    cmd: &'a str,
+    lane: &'a str,
+    owner: &'a str,
+}
+
+/// Rows tagged with the command they belong to (`_cmd`), as one parameter.
+fn tagged_rows<A: ActiveModelTrait>(rows: &[(String, A)]) -> Result<Value, DbErr> {
+    let mut out = JsonRows::new();
+    for (tag, row) in rows {
+        let tag = Json::String(tag.clone());
+        out.push(&ModelRow {
+            row,
+            extra: &[("_cmd", &tag)],
+        })?;
+    }
+    out.param()
+}
+
 /// The group commit as one statement: marks the commands done (skipping any already
 /// done) and, for those only, upserts their links, appends history and outbox rows (in
 /// order) and releases their leases. Returns the ids written.
@@ -314,46 +404,31 @@ pub(super) async fn commit<C: ConnectionTrait>(
     batch: &[&Completion],
     t: DateTime<Utc>,
 ) -> Result<Vec<String>, DbErr> {
-    let outcomes = batch
-        .iter()
-        .map(|c| {
-            let err = c.error();
-            serde_json::json!({
-                "command_id": c.cmd.id.to_string(),
-                "outcome": c.outcome.as_str(),
-                "attempts": c.attempts,
-                "new_code": c.new_code(),
-                "error_kind": err.map(|e| e.kind.as_str()),
-                "error_message": err.map(|e| e.message.as_str()),
-                "http_status": err.and_then(|e| e.http_status),
-                "event_id": c.event_id(),
-            })
-        })
-        .collect();
+    let outcomes = JsonRows::collect(batch.iter().map(|c| {
+        let err = c.error();
+        OutcomeRow {
+            command_id: c.cmd.id.to_string(),
+            outcome: c.outcome.as_str(),
+            attempts: c.attempts,
+            new_code: c.new_code(),
+            error_kind: err.map(|e| e.kind.as_str()),
+            error_message: err.map(|e| e.message.as_str()),
+            http_status: err.and_then(|e| e.http_status),
+            event_id: c.event_id(),
+        }
+    }))?;
     let mut deferred = Deferred::default();
     for c in batch {
         stage_completion(c, &mut deferred, t);
     }
-    let links = deferred
-        .links
-        .iter()
-        .map(|(tag, r)| row_json(r, tag))
-        .collect();
-    let history = deferred
-        .history
-        .iter()
-        .map(|(tag, r)| row_json(r, tag))
-        .collect();
-    let outbox = deferred
-        .outbox
-        .iter()
-        .map(|(tag, r)| row_json(r, tag))
-        .collect();
-    let leases = deferred
-        .leases
-        .iter()
-        .map(|(tag, (lane, owner))| serde_json::json!({"_cmd": tag, "lane": lane, "owner": owner}))
-        .collect();
+    let links = tagged_rows(&deferred.links)?;
+    let history = tagged_rows(&deferred.history)?;
+    let outbox = tagged_rows(&deferred.outbox)?;
+    let leases = JsonRows::collect(deferred.leases.iter().map(|(tag, (lane, owner))| LeaseRow {
+        cmd: tag,
+        lane,
+        owner,
+    }))?;
     let sql = "WITH done AS ( \
             UPDATE commands c SET status = $6, outcome = v.outcome, attempts = v.attempts, \
               new_code = v.new_code, error_kind = v.error_kind, \
@@ -402,14 +477,59 @@ pub(super) async fn commit<C: ConnectionTrait>(
               AND e->>'_cmd' IN (SELECT command_id FROM done)) \
         SELECT command_id FROM done";
     let values = vec![
-        json_param(outcomes),
-        json_param(links),
-        json_param(history),
-        json_param(outbox),
-        json_param(leases),
+        outcomes,
+        links,
+        history,
+        outbox,
+        leases,
         STATUS_DONE.into(),
         ts(t),
         ts(super::RELEASED),
     ];
     strings(db, sql, values, "command_id").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use sea_orm::Set;
+
+    #[test]
+    fn a_model_row_is_written_as_postgresql_reads_it() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 23, 1, 2, 3).unwrap()
+            + chrono::Duration::microseconds(450);
+        let row = entity::outbox::ActiveModel {
+            id: Set(7),
+            exchange: Set("x \"q\"".into()),
+            routing_key: Set("k".into()),
+            message_id: Set(None),
+            payload: Set(vec![0xff, 0x00, b'{']),
+            created_at: Set(t),
+            ..Default::default()
+        };
+        let tag = Json::String("cmd-1".into());
+        let mut rows = JsonRows::new();
+        rows.push(&ModelRow {
+            row: &row,
+            extra: &[("_cmd", &tag)],
+        })
+        .unwrap();
+        let Value::String(Some(text)) = rows.param().unwrap() else {
+            panic!("a text parameter")
+        };
+        let got: Json = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            got,
+            serde_json::json!([{
+                "id": 7,
+                "exchange": "x \"q\"",
+                "routing_key": "k",
+                "message_id": null,
+                "payload": "\\xff007b",
+                "created_at": "2026-11-23T01:02:03.000450Z",
+                "_cmd": "cmd-1",
+            }])
+        );
+    }
 }
