@@ -1,5 +1,7 @@
 //! The outbox relay: publishes committed outbox rows with publisher confirms, in
-//! batches, and deletes them once confirmed. Woken after commits (gathering for a few
+//! batches, and deletes them once confirmed. A batch is held by row locks of an open
+//! transaction on PostgreSQL (nothing written to take it; released at once if the
+//! process dies) and by a timed claim on SQLite. Woken after commits (gathering for a few
 //! milliseconds, so that one claim serves many events); sweeps every second for rows
 //! left by a crash or another replica.
 
@@ -49,39 +51,47 @@ impl Relay {
         // A claim outlives any publish (bounded by the confirm timeout), and no longer:
         // rows claimed by a relay that crashed are picked up again soon.
         let claim_for = self.publisher.confirm_timeout() * 2 + Duration::from_secs(1);
-        let rows = self
+        let batch = self
             .store
-            .claim_outbox(BATCH, claim_for)
+            .take_outbox(BATCH, claim_for)
             .await
             .map_err(|e| e.to_string())?;
-        if rows.is_empty() {
+        let taken = batch.rows.len();
+        if taken == 0 {
+            self.store
+                .settle_outbox(batch, &[])
+                .await
+                .map_err(|e| e.to_string())?;
             return Ok(0);
         }
         failpoint::hit(failpoint::BEFORE_RELAY);
-        let msgs: Vec<OutboxMessage> = rows.iter().map(to_message).collect();
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let msgs: Vec<OutboxMessage> = batch.rows.iter().map(to_message).collect();
         match self.publisher.publish_batch(&msgs).await {
             Ok(acks) => {
-                let (sent, failed): (Vec<_>, Vec<_>) =
-                    ids.iter().zip(acks).partition(|(_, ok)| *ok);
-                let sent: Vec<i64> = sent.into_iter().map(|(id, _)| *id).collect();
-                let failed: Vec<i64> = failed.into_iter().map(|(id, _)| *id).collect();
+                let sent: Vec<i64> = batch
+                    .rows
+                    .iter()
+                    .zip(&acks)
+                    .filter(|(_, ok)| **ok)
+                    .map(|(r, _)| r.id)
+                    .collect();
+                let nacked = taken - sent.len();
+                let count = sent.len();
                 self.store
-                    .remove_sent(&sent)
+                    .settle_outbox(batch, &sent)
                     .await
                     .map_err(|e| e.to_string())?;
-                m::events_published(sent.len());
-                if !failed.is_empty() {
+                m::events_published(count);
+                if nacked > 0 {
                     warn!(
-                        count = failed.len(),
+                        count = nacked,
                         "broker nacked outbox messages; they will be retried"
                     );
-                    let _ = self.store.unclaim(&failed).await;
                 }
-                Ok(rows.len())
+                Ok(taken)
             }
             Err(e) => {
-                let _ = self.store.unclaim(&ids).await;
+                let _ = self.store.settle_outbox(batch, &[]).await;
                 Err(e.to_string())
             }
         }

@@ -649,6 +649,14 @@ fn unique_lanes(lanes: &[String]) -> Vec<&String> {
     unique
 }
 
+/// Outbox rows taken for publication by [`Store::take_outbox`], held until
+/// [`Store::settle_outbox`] (or released if dropped).
+pub struct OutboxBatch {
+    pub rows: Vec<outbox::Model>,
+    /// PostgreSQL: the transaction holding the rows' locks.
+    txn: Option<sea_orm::DatabaseTransaction>,
+}
+
 /// A command about to run under its group lane: record it and take the lane's lease.
 #[derive(Clone, Debug)]
 pub struct Begin {
@@ -1012,6 +1020,59 @@ impl Store {
     }
 
     // ---- outbox ----
+
+    /// Takes up to `limit` outbox rows for publication, oldest first, skipping rows
+    /// another relay holds. On PostgreSQL the rows are locked by a transaction kept open
+    /// until [`Store::settle_outbox`]: nothing is written to take them, and a relay that
+    /// dies releases them at once. On SQLite they are claimed for `claim_for` (one
+    /// process; a write transaction would block every commit meanwhile).
+    pub async fn take_outbox(&self, limit: u64, claim_for: Duration) -> Result<OutboxBatch, DbErr> {
+        if !self.is_postgres() {
+            let rows = self.claim_outbox(limit, claim_for).await?;
+            return Ok(OutboxBatch { rows, txn: None });
+        }
+        let txn = self.fast.begin().await?;
+        // Rows an older version claimed are left until their claim ends.
+        let sql = "SELECT * FROM outbox WHERE claimed_until IS NULL OR claimed_until < $1 \
+                   ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED";
+        let stmt = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            [now().into(), (limit as i64).into()],
+        );
+        let rows = outbox::Entity::find().from_raw_sql(stmt).all(&txn).await?;
+        Ok(OutboxBatch {
+            rows,
+            txn: Some(txn),
+        })
+    }
+
+    /// Deletes the rows of `batch` that were published (`sent`) and releases the others.
+    pub async fn settle_outbox(&self, batch: OutboxBatch, sent: &[i64]) -> Result<(), DbErr> {
+        let Some(txn) = batch.txn else {
+            let unsent: Vec<i64> = batch
+                .rows
+                .iter()
+                .map(|r| r.id)
+                .filter(|id| !sent.contains(id))
+                .collect();
+            self.remove_sent(sent).await?;
+            return self.unclaim(&unsent).await;
+        };
+        if !sent.is_empty() {
+            let deleted = outbox::Entity::delete_many()
+                .filter(outbox::Column::Id.is_in(sent.iter().copied()))
+                .exec(&txn)
+                .await;
+            if let Err(e) = deleted {
+                // Released now (not when the connection is next used): the rows are
+                // published again later.
+                let _ = txn.rollback().await;
+                return Err(e);
+            }
+        }
+        txn.commit().await
+    }
 
     /// Claims up to `limit` unsent rows for `claim_for` (PostgreSQL replicas skip rows
     /// another relay holds) and returns them in id order.
