@@ -164,10 +164,6 @@ pub struct WorkerSettings {
     pub group_lease: Duration,
     /// Identifies this process in leases; defaults to host and pid.
     pub instance_id: String,
-    /// Threads of the process's async runtime. 1 runs everything on one thread (no
-    /// cross-thread wake-ups; the fastest measured on a 2-core machine shared with the
-    /// database and broker); more for a process with cores of its own.
-    pub threads: usize,
 }
 
 /// One `[backends.NAME]` block.
@@ -345,7 +341,6 @@ impl Default for WorkerSettings {
             shutdown_grace: Duration::from_secs(30),
             group_lease: Duration::from_secs(30),
             instance_id: String::new(),
-            threads: 1,
         }
     }
 }
@@ -441,9 +436,6 @@ impl Settings {
     /// Checks cross-field rules that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |key: &str, msg: &str| Err(ConfigError(format!("{key}: {msg}")));
-        if self.worker.threads == 0 {
-            return err("worker.threads", "must be at least 1");
-        }
         if self.amqp.prefetch == 0 {
             return err("amqp.prefetch", "must be at least 1");
         }
@@ -667,17 +659,6 @@ mod tests {
         assert_eq!(s.rotation.lead, Duration::from_millis(500));
         assert_eq!(s.amqp.prefetch, 16);
         assert_eq!(s.rotation.link_ttl, Duration::from_secs(2 * 86400));
-    }
-
-    #[test]
-    fn runtime_threads_default_to_one_and_zero_is_refused() {
-        assert_eq!(load("", &[]).unwrap().worker.threads, 1);
-        let s = load("", &[("INVITE_WORKER__WORKER__THREADS", "4")]).unwrap();
-        assert_eq!(s.worker.threads, 4);
-        let e = load("[worker]\nthreads = 0\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("worker.threads"), "{e}");
     }
 
     #[test]

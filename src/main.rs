@@ -183,16 +183,14 @@ impl From<sea_orm::DbErr> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let outcome = Settings::load(cli.config.as_deref())
-        .map_err(|e| usage(e.to_string()))
-        .and_then(|settings| {
-            let runtime = runtime(settings.worker.threads).map_err(|e| Failure {
-                code: 1,
-                message: format!("cannot start the runtime: {e}"),
-            })?;
-            runtime.block_on(dispatch(cli, settings))
-        });
-    match outcome {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("error: {}", f.message);
@@ -201,21 +199,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The async runtime of `worker.threads` threads (one: a single-threaded runtime).
-fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    }
-}
-
-async fn dispatch(cli: Cli, settings: Settings) -> Result<(), Failure> {
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    let settings = Settings::load(cli.config.as_deref()).map_err(|e| usage(e.to_string()))?;
     telemetry::init(&settings.log);
     match cli.command {
         Cmd::Run => {
