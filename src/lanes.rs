@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::OwnedMutexGuard, task::JoinHandle};
+use tokio::sync::OwnedMutexGuard;
 
 use crate::{batch::Batcher, store::Store};
 
@@ -52,12 +52,12 @@ impl Drop for LaneGuard {
     }
 }
 
-/// A database lease on one group, renewed in the background until dropped.
+/// A database lease on one group, renewed while [`Lease::hold_while`] runs.
 pub struct Lease {
     store: Store,
     lane: String,
     owner: String,
-    renewer: JoinHandle<()>,
+    ttl: Duration,
     released: std::sync::atomic::AtomicBool,
 }
 
@@ -89,26 +89,50 @@ impl Lease {
         Ok(Some(Self::held(store, lane, owner, ttl)))
     }
 
-    /// A lease just taken for `owner`: renewed in the background from now on.
+    /// A lease just taken for `owner` with `ttl`.
     pub fn held(store: &Store, lane: &str, owner: &str, ttl: Duration) -> Lease {
-        let renewer = {
-            let (store, lane, owner) = (store.clone(), lane.to_owned(), owner.to_owned());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    if let Err(e) = store.try_lease(&lane, &owner, ttl).await {
-                        tracing::warn!(error = %e, "could not renew group lease");
-                    }
-                }
-            })
-        };
         Lease {
             store: store.clone(),
             lane: lane.to_owned(),
             owner: owner.to_owned(),
-            renewer,
+            ttl,
             released: Default::default(),
         }
+    }
+
+    /// Runs `work` under the lease, renewing it every third of its lifetime (in this
+    /// task: no task of its own per lease) until `work` ends or the lease is released.
+    pub async fn hold_while<F: Future>(&self, work: F) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        let every = self.ttl / 3;
+        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = renewals.tick() => self.renew().await,
+            }
+        }
+    }
+
+    async fn renew(&self) {
+        if self.is_released() {
+            return;
+        }
+        match self
+            .store
+            .renew_lease(&self.lane, &self.owner, self.ttl)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) if self.is_released() => {}
+            Ok(false) => tracing::warn!("group lease was taken over by another process"),
+            Err(e) => tracing::warn!(error = %e, "could not renew group lease"),
+        }
+    }
+
+    fn is_released(&self) -> bool {
+        self.released.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn lane(&self) -> &str {
@@ -121,26 +145,18 @@ impl Lease {
 
     /// Records that the lease was released in a transaction of the caller's.
     pub fn mark_released(&self) {
-        self.renewer.abort();
         self.released
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Releases the lease now (dropping without release lets it expire instead).
     pub async fn release(self) {
-        self.renewer.abort();
-        if self.released.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.is_released() {
             return;
         }
         if let Err(e) = self.store.release_lease(&self.lane, &self.owner).await {
             tracing::warn!(error = %e, "could not release group lease; it will expire");
         }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.renewer.abort();
     }
 }
 

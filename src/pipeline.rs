@@ -415,8 +415,8 @@ impl Pipeline {
             debug!("group is busy in another process; parking the command");
             return Ok(Disposition::Park(Duration::from_secs(1)));
         };
-        let result = self
-            .run_leased(cmd, body, row, &lease, ticket, recorded)
+        let result = lease
+            .hold_while(self.run_leased(cmd, body, row, &lease, ticket, recorded))
             .await;
         lease.release().await;
         result

@@ -1008,6 +1008,21 @@ impl Store {
         Ok(lanes.iter().map(|l| taken.contains(l)).collect())
     }
 
+    /// Extends `owner`'s lease on `lane` by `ttl` from now, unless it was released or
+    /// another owner took it; true when extended. An expired lease nobody took is
+    /// extended too (it is still this owner's row).
+    pub async fn renew_lease(&self, lane: &str, owner: &str, ttl: Duration) -> Result<bool, DbErr> {
+        let (_, until) = lease_window(ttl);
+        let done = group_lease::Entity::update_many()
+            .col_expr(group_lease::Column::LeaseUntil, Expr::value(until))
+            .filter(group_lease::Column::Lane.eq(lane))
+            .filter(group_lease::Column::Owner.eq(owner))
+            .filter(group_lease::Column::LeaseUntil.ne(RELEASED))
+            .exec(&self.fast)
+            .await?;
+        Ok(done.rows_affected == 1)
+    }
+
     /// Releases `owner`'s lease on `lane` (see [`RELEASED`]).
     pub async fn release_lease(&self, lane: &str, owner: &str) -> Result<(), DbErr> {
         group_lease::Entity::update_many()

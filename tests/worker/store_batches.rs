@@ -27,6 +27,7 @@ on_both_databases!(
     a_first_attempt_records_the_stored_code_and_returns_the_link,
     begin_records_the_first_attempt_of_new_leased_commands_on_postgres,
     outbox_rows_taken_by_one_relay_are_skipped_by_another_until_settled,
+    a_lease_is_renewed_while_held_and_never_taken_again_after_release,
     migrations_go_down_and_up_again,
     dropping_the_pending_index_deletes_rows_an_older_version_marked_sent,
 );
@@ -602,5 +603,48 @@ async fn outbox_rows_taken_by_one_relay_are_skipped_by_another_until_settled(db:
         "published rows are gone, the rest released"
     );
     store.settle_outbox(again, &[]).await.unwrap();
+    store.close().await;
+}
+
+async fn lease_until(store: &Store, lane: &str) -> chrono::DateTime<Utc> {
+    group_lease::Entity::find_by_id(lane.to_owned())
+        .one(store.connection())
+        .await
+        .unwrap()
+        .expect("lease row")
+        .lease_until
+}
+
+/// A lease is extended while the work under it runs; once released, a renewal does not
+/// take it again, and a lease another owner took is not extended.
+async fn a_lease_is_renewed_while_held_and_never_taken_again_after_release(db: Db) {
+    use invite_worker::{lanes::Lease, store::RELEASED};
+    let env = TestEnv::new(db).await;
+    let store = store(&env).await;
+    let ttl = std::time::Duration::from_millis(300);
+    let lanes = ["l".to_string()];
+    assert_eq!(
+        store.try_lease_many(&lanes, "me", ttl).await.unwrap(),
+        [true]
+    );
+    let taken = lease_until(&store, "l").await;
+    let lease = Lease::held(&store, "l", "me", ttl);
+    // Renewals every 100 ms while this runs: the last ones end well after the first lease.
+    lease
+        .hold_while(tokio::time::sleep(std::time::Duration::from_secs(1)))
+        .await;
+    let renewed = lease_until(&store, "l").await;
+    assert!(
+        renewed > taken + chrono::Duration::milliseconds(300),
+        "renewed until {renewed}, first taken until {taken}"
+    );
+    lease.release().await;
+    assert!(!store.renew_lease("l", "me", ttl).await.unwrap());
+    assert_eq!(lease_until(&store, "l").await, RELEASED);
+    assert_eq!(
+        store.try_lease_many(&lanes, "other", ttl).await.unwrap(),
+        [true]
+    );
+    assert!(!store.renew_lease("l", "me", ttl).await.unwrap());
     store.close().await;
 }
