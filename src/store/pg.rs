@@ -21,10 +21,6 @@ fn stmt(sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
-fn json_param(rows: Vec<Json>) -> Value {
-    Value::Json(Some(Box::new(Json::Array(rows))))
-}
-
 /// The rows of one JSON array parameter, serialized straight from their values (no
 /// intermediate JSON tree to build and drop); sent as text, which the statement casts
 /// to `jsonb`.
@@ -251,14 +247,13 @@ pub(super) async fn try_leases<C: ConnectionTrait>(
     until: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, DbErr> {
-    let lanes = lanes.iter().map(|l| Json::String((*l).clone())).collect();
     let sql = "INSERT INTO group_leases (lane, owner, lease_until) \
                SELECT DISTINCT e #>> '{}', $2, $3 FROM jsonb_array_elements($1::jsonb) e \
                ON CONFLICT (lane) DO UPDATE SET owner = excluded.owner, \
                lease_until = excluded.lease_until \
                WHERE group_leases.owner = excluded.owner OR group_leases.lease_until < $4 \
                RETURNING lane";
-    let values = vec![json_param(lanes), owner.into(), ts(until), ts(now)];
+    let values = vec![JsonRows::collect(lanes)?, owner.into(), ts(until), ts(now)];
     strings(db, sql, values, "lane").await
 }
 
@@ -267,19 +262,16 @@ pub(super) async fn links<C: ConnectionTrait>(
     db: &C,
     keys: &[GroupKey],
 ) -> Result<Vec<link::Model>, DbErr> {
-    let keys = keys
-        .iter()
-        .map(|k| {
-            serde_json::json!({
-                "backend": k.backend, "session_id": k.session_id, "group_id": k.group_id,
-            })
+    let keys = keys.iter().map(|k| {
+        serde_json::json!({
+            "backend": k.backend, "session_id": k.session_id, "group_id": k.group_id,
         })
-        .collect();
+    });
     let sql = "SELECT l.* FROM jsonb_populate_recordset(NULL::links, $1::jsonb) k \
                CROSS JOIN LATERAL (SELECT * FROM links l WHERE l.backend = k.backend \
                  AND l.session_id = k.session_id AND l.group_id = k.group_id) l";
     link::Entity::find()
-        .from_raw_sql(stmt(sql, vec![json_param(keys)]))
+        .from_raw_sql(stmt(sql, vec![JsonRows::collect(keys)?]))
         .all(db)
         .await
 }
@@ -290,21 +282,18 @@ pub(super) async fn mark_executing<C: ConnectionTrait>(
     batch: &[Attempt],
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, DbErr> {
-    let rows = batch
-        .iter()
-        .map(|a| {
-            serde_json::json!({
-                "command_id": a.command_id, "before_code": a.before_code, "attempts": a.attempts,
-            })
+    let rows = batch.iter().map(|a| {
+        serde_json::json!({
+            "command_id": a.command_id, "before_code": a.before_code, "attempts": a.attempts,
         })
-        .collect();
+    });
     let sql = "UPDATE commands c SET status = $2, before_code = v.before_code, \
                attempts = v.attempts, updated_at = $3 \
                FROM jsonb_populate_recordset(NULL::commands, $1::jsonb) v \
                WHERE c.command_id = v.command_id AND c.status <> $4 \
                RETURNING c.command_id";
     let values = vec![
-        json_param(rows),
+        JsonRows::collect(rows)?,
         STATUS_EXECUTING.into(),
         ts(now),
         STATUS_DONE.into(),
@@ -322,15 +311,12 @@ pub(super) async fn first_attempts<C: ConnectionTrait>(
     batch: &[FirstAttempt],
     now: DateTime<Utc>,
 ) -> Result<Vec<(String, Option<link::Model>)>, DbErr> {
-    let rows = batch
-        .iter()
-        .map(|a| {
-            serde_json::json!({
-                "command_id": a.command_id, "attempts": a.attempts, "backend": a.key.backend,
-                "session_id": a.key.session_id, "group_id": a.key.group_id,
-            })
+    let rows = batch.iter().map(|a| {
+        serde_json::json!({
+            "command_id": a.command_id, "attempts": a.attempts, "backend": a.key.backend,
+            "session_id": a.key.session_id, "group_id": a.key.group_id,
         })
-        .collect();
+    });
     let sql = "UPDATE commands c SET status = $2, before_code = k.invite_code, \
                attempts = v.attempts, updated_at = $3 \
                FROM jsonb_to_recordset($1::jsonb) AS v(command_id text, attempts int, \
@@ -340,7 +326,7 @@ pub(super) async fn first_attempts<C: ConnectionTrait>(
                WHERE c.command_id = v.command_id AND c.status <> $4 \
                RETURNING c.command_id AS marked_command_id, k.*";
     let values = vec![
-        json_param(rows),
+        JsonRows::collect(rows)?,
         STATUS_EXECUTING.into(),
         ts(now),
         STATUS_DONE.into(),
