@@ -54,6 +54,9 @@ struct Report {
     prefetch: Option<u16>,
     commands: usize,
     per_sec: f64,
+    /// Commands/s between the events at 10 % and 90 % of the run: the rate once the
+    /// pipeline is full, without its filling at the start and draining at the end.
+    steady_per_sec: Option<f64>,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
     peak_rss_mib: Option<f64>,
@@ -270,6 +273,15 @@ async fn cleanup(topo: &Topology) {
     let _ = conn.close(200, "OK".into()).await;
 }
 
+/// The event rate between the 10 % and the 90 % of `arrivals`.
+fn steady_rate(arrivals: &HashMap<String, Instant>) -> Option<f64> {
+    let mut at: Vec<Instant> = arrivals.values().copied().collect();
+    at.sort();
+    let (from, to) = (at.len() / 10, at.len() * 9 / 10);
+    let span = at.get(to)?.duration_since(*at.get(from)?).as_secs_f64();
+    (span > 0.0).then(|| (to - from) as f64 / span)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
@@ -436,6 +448,7 @@ fn latency_report(
         prefetch: None,
         commands: n,
         per_sec: arrivals.len() as f64 / elapsed.as_secs_f64(),
+        steady_per_sec: steady_rate(&arrivals),
         p50_ms: percentile(&lat, 0.50),
         p99_ms: percentile(&lat, 0.99),
         peak_rss_mib: rss,
@@ -550,6 +563,7 @@ async fn backlog(n: usize, prefetch: u16) -> Report {
         prefetch: Some(prefetch),
         commands: n,
         per_sec: sink.arrivals.lock().unwrap().len() as f64 / elapsed.as_secs_f64(),
+        steady_per_sec: steady_rate(&sink.arrivals.lock().unwrap()),
         p50_ms: None,
         p99_ms: None,
         peak_rss_mib: peak,
@@ -615,8 +629,8 @@ async fn scan_at_scale() {
 /// the same prefetch.
 fn print(reports: &[Report]) {
     println!(
-        "\n{:<66} {:>8} {:>8} {:>9} {:>9} {:>10} {:>8}  note",
-        "scenario", "commands", "cmds/s", "p50 ms", "p99 ms", "peak RSS", "vs ceil"
+        "\n{:<66} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10} {:>8}  note",
+        "scenario", "commands", "cmds/s", "steady/s", "p50 ms", "p99 ms", "peak RSS", "vs ceil"
     );
     // The mean of the ceilings measured at that prefetch (before and after the worker
     // runs: the machine's speed drifts within one run of the benchmark).
@@ -634,10 +648,11 @@ fn print(reports: &[Report]) {
             .filter(|_| !r.name.starts_with("broker"))
             .map_or("-".into(), |c| format!("{:.0}%", 100.0 * r.per_sec / c));
         println!(
-            "{:<66} {:>8} {:>8.0} {:>9} {:>9} {:>10} {:>8}  {}",
+            "{:<66} {:>8} {:>8.0} {:>8} {:>9} {:>9} {:>10} {:>8}  {}",
             r.name,
             r.commands,
             r.per_sec,
+            r.steady_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
             f(r.p50_ms),
             f(r.p99_ms),
             r.peak_rss_mib.map_or("-".into(), |v| format!("{v:.1} MiB")),
@@ -716,12 +731,21 @@ async fn main() {
             .await;
             // Its ratio is to prefetch / latency, not to the broker ceiling.
             r.prefetch = None;
+            // A worker without any overhead still needs ceil(n / 256) rounds of 200 ms
+            // (times the requests) for the whole run: the pipeline fills and drains.
+            let no_overhead = n as f64 / ((n as f64 / 256.0).ceil() * 0.2 * requests);
+            let pct = |v: f64| 100.0 * v / ideal;
+            let steady = r.steady_per_sec.unwrap_or(0.0);
             r.note = format!(
-                "{} ideal prefetch/latency = {ideal:.0}/s: {:.0}%; with {requests} requests per command: {:.0}/s, {:.0}%",
+                "{} ideal prefetch/latency = {ideal:.0}/s: {:.0}% (steady {:.0}%); \
+                 with {requests} requests per command: {:.0}/s, {:.0}% (steady {:.0}%); \
+                 whole run without overhead: {no_overhead:.0}/s",
                 r.note,
-                100.0 * r.per_sec / ideal,
+                pct(r.per_sec),
+                pct(steady),
                 ideal / requests,
-                100.0 * r.per_sec / (ideal / requests)
+                pct(r.per_sec) * requests,
+                pct(steady) * requests,
             );
             reports.push(r);
             print(&reports);
