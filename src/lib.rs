@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod replicas;
 pub mod retry;
 pub mod scheduler;
 pub mod send;

@@ -85,6 +85,11 @@ fn describe() {
         "Backend requests that waited for the rate limiter"
     );
     describe_gauge!(
+        "invite_worker_rate_limit_share",
+        "Worker processes sharing rate_limit_per_session (each paces at 1/N); 0 while \
+         this one holds its requests"
+    );
+    describe_gauge!(
         "invite_worker_commands_in_flight",
         "Commands being processed"
     );
@@ -166,6 +171,10 @@ pub fn retry_scheduled() {
 
 pub fn rate_limit_wait() {
     counter!("invite_worker_rate_limit_waits_total").increment(1);
+}
+
+pub fn rate_limit_share(n: u32) {
+    gauge!("invite_worker_rate_limit_share").set(n as f64);
 }
 
 pub fn in_flight(delta: f64) {

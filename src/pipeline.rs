@@ -31,10 +31,16 @@ pub struct BackendEntry {
 }
 
 impl BackendEntry {
-    pub fn new(backend: SharedBackend, settings: &BackendSettings) -> Self {
+    /// `share`: how many worker processes share the backend's rate limit (see
+    /// [`crate::replicas`]).
+    pub fn new(
+        backend: SharedBackend,
+        settings: &BackendSettings,
+        share: tokio::sync::watch::Receiver<u32>,
+    ) -> Self {
         Self {
             backend,
-            pacer: Pacer::new(settings.rate_limit()),
+            pacer: Pacer::shared(settings.rate_limit(), share),
             read_before_reset: settings.read_before_reset,
         }
     }

@@ -1,11 +1,12 @@
 //! Per-session pacing of backend requests (`rate_limit_per_session`): one pacer per
 //! configured backend, shared by every in-flight command of the process. A session's
 //! requests take slots in arrival order, and two of them never leave closer together
-//! than `period / count`; other sessions are not slowed at all.
+//! than `period / count` times the process's [share](crate::replicas) (the number of
+//! worker processes sharing the limit); other sessions are not slowed at all.
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 
 use crate::config::RateLimit;
 
@@ -26,6 +27,8 @@ struct Session {
 
 pub struct Pacer {
     interval: Duration,
+    /// How many processes share the limit; 0 holds every request back.
+    share: watch::Receiver<u32>,
     sessions: Mutex<HashMap<String, Session>>,
 }
 
@@ -37,18 +40,26 @@ pub struct Ticket {
 }
 
 impl Pacer {
+    /// A pacer that has the whole limit to itself.
     pub fn new(rate: RateLimit) -> Self {
+        Self::shared(rate, watch::channel(1).1)
+    }
+
+    /// A pacer that spaces each session's requests `share` times wider, and holds them
+    /// all while `share` is 0.
+    pub fn shared(rate: RateLimit, share: watch::Receiver<u32>) -> Self {
         let base = rate.period / rate.count.max(1);
         let interval = (base + base * MARGIN_PERCENT / 100).max(Duration::from_micros(1));
         Self {
             interval,
+            share,
             sessions: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The least time between two requests of one session.
+    /// The least time between two requests of one session from this process now.
     pub fn interval(&self) -> Duration {
-        self.interval
+        self.interval * (*self.share.borrow()).max(1)
     }
 
     /// How long a request for `session` reserved now would wait.
@@ -73,26 +84,38 @@ impl Pacer {
         if max_wait.is_some_and(|max| slot - now > max) {
             return Err(slot - now);
         }
-        s.next_slot = Some(slot + self.interval);
+        s.next_slot = Some(slot + self.interval());
         Ok(Ticket { slot })
     }
 
     /// Sleeps until the ticket's slot and until the interval since the session's last
-    /// request has passed, then records the send. Call right before sending. Returns how
-    /// long it waited (zero when the request could leave at once: no timer is set then).
+    /// request has passed (at the share of that moment: a slot reserved before the share
+    /// grew is pushed back), and while the share is 0; then records the send. Call right
+    /// before sending. Returns how long it waited (zero when the request could leave at
+    /// once: no timer is set then).
     pub async fn wait(&self, session: &str, ticket: Ticket) -> Duration {
         let start = Instant::now();
         let mut at = ticket.slot;
         let mut slept = false;
+        let mut share = self.share.clone();
         loop {
             if at > Instant::now() {
                 tokio::time::sleep_until(at).await;
                 slept = true;
             }
+            if *share.borrow_and_update() == 0 {
+                // Held: go on once the share is known again (a closed channel means
+                // the worker is stopping; the caller's cancellation ends the wait).
+                if share.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                slept = true;
+                continue;
+            }
             let now = Instant::now();
             let mut sessions = self.lock();
             let s = sessions.entry(session.to_owned()).or_default();
-            match s.last_sent.map(|t| t + self.interval) {
+            match s.last_sent.map(|t| t + self.interval()) {
                 Some(earliest) if earliest > now => at = earliest,
                 _ => {
                     s.last_sent = Some(now);
@@ -180,6 +203,53 @@ mod tests {
         let max = Some(Duration::from_millis(300));
         assert_eq!(p.reserve("a", max).unwrap_err(), Duration::from_millis(525));
         assert_eq!(p.backlog("a"), Duration::from_millis(525));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_of_two_spaces_requests_twice_as_wide() {
+        let (tx, rx) = watch::channel(2);
+        let p = Pacer::shared(per_second(10), rx);
+        let start = Instant::now();
+        for _ in 0..3 {
+            p.acquire("a").await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(2 * 210));
+        // Back to the whole limit: the next slot was reserved at the old spacing.
+        tx.send(1).unwrap();
+        let t = Instant::now();
+        p.acquire("a").await;
+        p.acquire("a").await;
+        assert_eq!(t.elapsed(), Duration::from_millis(210 + 105));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_reserved_before_the_share_grew_is_pushed_back() {
+        let (tx, rx) = watch::channel(1);
+        let p = Pacer::shared(per_second(10), rx);
+        let first = p.reserve("a", None).unwrap();
+        let second = p.reserve("a", None).unwrap();
+        p.wait("a", first).await;
+        let sent_first = Instant::now();
+        tx.send(2).unwrap();
+        p.wait("a", second).await;
+        assert_eq!(Instant::now() - sent_first, Duration::from_millis(210));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_of_zero_holds_requests_until_it_is_known() {
+        let (tx, rx) = watch::channel(0);
+        let p = std::sync::Arc::new(Pacer::shared(per_second(10), rx));
+        let waiter = {
+            let p = p.clone();
+            tokio::spawn(async move { p.acquire("a").await })
+        };
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            !waiter.is_finished(),
+            "a request left while the share was 0"
+        );
+        tx.send(1).unwrap();
+        assert_eq!(waiter.await.unwrap(), Duration::from_secs(3));
     }
 
     #[tokio::test(start_paused = true)]

@@ -69,6 +69,9 @@ pub struct Worker {
     publisher: Arc<Publisher>,
     pub health: Arc<Health>,
     pub world: SimWorld,
+    /// The rate-limit share of this process, kept by [`crate::replicas::run`] (when
+    /// the database can serve several processes).
+    share: Option<tokio::sync::watch::Sender<u32>>,
 }
 
 fn instance_id(settings: &Settings) -> String {
@@ -95,6 +98,10 @@ impl Worker {
         )
         .await?;
         store.migrate().await?;
+        // PostgreSQL can serve several processes: they share each rate limit, and hold
+        // their requests until the first heartbeat has counted them.
+        let shared = store.backend() == sea_orm::DbBackend::Postgres;
+        let (share_tx, share) = tokio::sync::watch::channel(if shared { 0 } else { 1 });
         let world = world.unwrap_or_default();
         if let Some(latency) = settings.backends.values().find_map(|b| b.latency) {
             world.set_latency(latency);
@@ -102,7 +109,7 @@ impl Worker {
         let mut backends = HashMap::new();
         for (name, b) in &settings.backends {
             let built = backend::build(name, b, &world).map_err(|e| anyhow::anyhow!(e))?;
-            backends.insert(name.clone(), BackendEntry::new(built, b));
+            backends.insert(name.clone(), BackendEntry::new(built, b, share.clone()));
         }
         let topology = Topology::new(&settings.amqp.name_prefix);
         let broker = Broker::new(
@@ -136,6 +143,7 @@ impl Worker {
             publisher,
             health,
             world,
+            share: shared.then_some(share_tx),
         })
     }
 
@@ -179,6 +187,25 @@ impl Worker {
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await;
             });
+        }
+
+        match &self.share {
+            Some(tx) => {
+                let longest_period = settings
+                    .backends
+                    .values()
+                    .map(|b| b.rate_limit().period)
+                    .max()
+                    .unwrap_or_default();
+                tasks.spawn(crate::replicas::run(
+                    self.pipeline.store.clone(),
+                    self.pipeline.instance_id.clone(),
+                    crate::replicas::Share::new(longest_period),
+                    tx.clone(),
+                    background.clone(),
+                ));
+            }
+            None => m::rate_limit_share(1),
         }
 
         let in_flight = TaskTracker::new();

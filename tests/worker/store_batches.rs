@@ -30,6 +30,7 @@ on_both_databases!(
     a_lease_is_renewed_while_held_and_never_taken_again_after_release,
     migrations_go_down_and_up_again,
     dropping_the_pending_index_deletes_rows_an_older_version_marked_sent,
+    heartbeats_count_the_live_processes_sharing_the_database,
 );
 
 fn command(n: usize) -> Command {
@@ -340,7 +341,11 @@ async fn dropping_the_pending_index_deletes_rows_an_older_version_marked_sent(db
     let env = TestEnv::new(db).await;
     let store = store(&env).await;
     let conn = store.connection();
-    Migrator::down(conn, Some(1)).await.expect("down one");
+    // Down to before migration 4 (the fourth of the list).
+    let after_third = Migrator::migrations().len() as u32 - 3;
+    Migrator::down(conn, Some(after_third))
+        .await
+        .expect("down to the third");
     for (id, sent) in [("sent", Some(Utc::now())), ("pending", None)] {
         outbox::ActiveModel {
             exchange: Set("x".into()),
@@ -646,5 +651,35 @@ async fn a_lease_is_renewed_while_held_and_never_taken_again_after_release(db: D
         [true]
     );
     assert!(!store.renew_lease("l", "me", ttl).await.unwrap());
+    store.close().await;
+}
+
+/// The rate-limit share's count: live heartbeats on PostgreSQL (a stale one and a left one
+/// are not counted); always 1 on SQLite, which serves one process.
+async fn heartbeats_count_the_live_processes_sharing_the_database(db: Db) {
+    use sea_orm::ConnectionTrait;
+    let env = TestEnv::new(db).await;
+    let store = store(&env).await;
+    let live = std::time::Duration::from_secs(5);
+    assert_eq!(store.heartbeat("a", live).await.unwrap(), 1);
+    let two = store.heartbeat("b", live).await.unwrap();
+    if db == Db::Sqlite {
+        assert_eq!(two, 1);
+        store.close().await;
+        return;
+    }
+    assert_eq!(two, 2);
+    assert_eq!(store.heartbeat("a", live).await.unwrap(), 2);
+    store
+        .connection()
+        .execute_unprepared(
+            "INSERT INTO worker_heartbeats (instance_id, seen_at) \
+             VALUES ('stale', now() - interval '6 seconds')",
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.heartbeat("a", live).await.unwrap(), 2);
+    store.leave("b").await.unwrap();
+    assert_eq!(store.heartbeat("a", live).await.unwrap(), 1);
     store.close().await;
 }
