@@ -558,12 +558,13 @@ async fn backlog(n: usize, prefetch: u16) -> Report {
         samples.last().map(|s| s.1).unwrap_or(0.0),
         if done { "" } else { " INCOMPLETE" }
     );
+    let arrivals = sink.arrivals.lock().unwrap().clone();
     let report = Report {
         name: format!("backlog of {n} (postgres, prefetch {prefetch})"),
         prefetch: Some(prefetch),
         commands: n,
-        per_sec: sink.arrivals.lock().unwrap().len() as f64 / elapsed.as_secs_f64(),
-        steady_per_sec: steady_rate(&sink.arrivals.lock().unwrap()),
+        per_sec: arrivals.len() as f64 / elapsed.as_secs_f64(),
+        steady_per_sec: steady_rate(&arrivals),
         p50_ms: None,
         p99_ms: None,
         peak_rss_mib: peak,

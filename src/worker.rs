@@ -99,7 +99,7 @@ impl Worker {
         .await?;
         store.migrate().await?;
         // PostgreSQL can serve several processes: they share each rate limit, and hold
-        // their requests until the first heartbeat has counted them.
+        // their requests until their heartbeats have counted them (`replicas`).
         let shared = store.backend() == sea_orm::DbBackend::Postgres;
         let (share_tx, share) = tokio::sync::watch::channel(if shared { 0 } else { 1 });
         let world = world.unwrap_or_default();
