@@ -208,6 +208,17 @@ impl Worker {
             None => m::rate_limit_share(1),
         }
 
+        if let Some(tx) = &self.share {
+            // Take no commands before this process's share of the rate limits is known:
+            // meanwhile (a second or so alone, longer beside others) the other
+            // processes serve them.
+            let mut share = tx.subscribe();
+            info!("counting the worker processes that share the rate limits");
+            tokio::select! {
+                _ = share.wait_for(|n| *n > 0) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
         let in_flight = TaskTracker::new();
         self.consume(&shutdown, &in_flight).await;
 
