@@ -133,6 +133,7 @@ pub async fn run(
     tx: watch::Sender<u32>,
     stop: CancellationToken,
 ) {
+    let mut recorded = false;
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -144,12 +145,17 @@ pub async fn run(
         // stale holds its requests in time (see `SUSPEND_AFTER`).
         let next = match tokio::time::timeout(HEARTBEAT, store.heartbeat(&instance, LIVE_FOR)).await
         {
-            Ok(Ok(count)) => share.counted(count, Instant::now()),
+            Ok(Ok(count)) => {
+                recorded = true;
+                share.counted(count, Instant::now())
+            }
             Ok(Err(e)) => {
+                recorded = false;
                 warn!(error = %e, "cannot record the heartbeat that shares rate limits");
                 share.missed(Instant::now())
             }
             Err(_) => {
+                recorded = false;
                 warn!("recording the heartbeat that shares rate limits takes too long");
                 share.missed(Instant::now())
             }
@@ -168,8 +174,14 @@ pub async fn run(
             tx.send_replace(next);
         }
     }
-    if let Err(e) = store.leave(&instance).await {
-        warn!(error = %e, "could not remove this worker's heartbeat; it expires by itself");
+    // Briefly, and not when the database is out of reach (a shutdown during an outage
+    // must not wait for it): a heartbeat left behind expires after `LIVE_FOR`.
+    if recorded {
+        match tokio::time::timeout(HEARTBEAT, store.leave(&instance)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not remove this worker's heartbeat"),
+            Err(_) => warn!("removing this worker's heartbeat takes too long"),
+        }
     }
 }
 
