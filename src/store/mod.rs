@@ -1052,10 +1052,8 @@ impl Store {
                    SELECT count(*) AS others FROM worker_heartbeats \
                    WHERE instance_id <> $1 AND seen_at >= now() - make_interval(secs => $2)";
         let values: [sea_orm::Value; 2] = [instance.into(), live_for.as_secs_f64().into()];
-        // The commit pool: less busy than the bookkeeping one, so that a burst of
-        // commands does not delay the heartbeat into holding this process's requests.
         let row = self
-            .db
+            .fast
             .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 sql,
@@ -1073,7 +1071,7 @@ impl Store {
             return Ok(());
         }
         let values: [sea_orm::Value; 1] = [instance.into()];
-        self.db
+        self.fast
             .execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "DELETE FROM worker_heartbeats WHERE instance_id = $1",
