@@ -143,20 +143,16 @@ pub async fn run(
         }
         // A heartbeat that hangs counts as missed, so that a process whose count may be
         // stale holds its requests in time (see `SUSPEND_AFTER`).
-        let next = match tokio::time::timeout(HEARTBEAT, store.heartbeat(&instance, LIVE_FOR)).await
-        {
-            Ok(Ok(count)) => {
-                recorded = true;
-                share.counted(count, Instant::now())
-            }
-            Ok(Err(e)) => {
-                recorded = false;
+        let counted =
+            match tokio::time::timeout(HEARTBEAT, store.heartbeat(&instance, LIVE_FOR)).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {HEARTBEAT:?}")),
+            };
+        recorded = counted.is_ok();
+        let next = match counted {
+            Ok(count) => share.counted(count, Instant::now()),
+            Err(e) => {
                 warn!(error = %e, "cannot record the heartbeat that shares rate limits");
-                share.missed(Instant::now())
-            }
-            Err(_) => {
-                recorded = false;
-                warn!("recording the heartbeat that shares rate limits takes too long");
                 share.missed(Instant::now())
             }
         };

@@ -1044,25 +1044,7 @@ impl Store {
         if !self.is_postgres() {
             return Ok(1);
         }
-        let sql = "WITH me AS (INSERT INTO worker_heartbeats (instance_id, seen_at) \
-                     VALUES ($1, now()) ON CONFLICT (instance_id) \
-                     DO UPDATE SET seen_at = excluded.seen_at), \
-                   gone AS (DELETE FROM worker_heartbeats \
-                     WHERE seen_at < now() - interval '1 hour' AND instance_id <> $1) \
-                   SELECT count(*) AS others FROM worker_heartbeats \
-                   WHERE instance_id <> $1 AND seen_at >= now() - make_interval(secs => $2)";
-        let values: [sea_orm::Value; 2] = [instance.into(), live_for.as_secs_f64().into()];
-        let row = self
-            .fast
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                sql,
-                values,
-            ))
-            .await?
-            .ok_or_else(|| DbErr::Custom("the heartbeat count returned no row".into()))?;
-        let others: i64 = row.try_get("", "others")?;
-        Ok(u32::try_from(others).unwrap_or(u32::MAX - 1) + 1)
+        pg::heartbeat(&self.fast, instance, live_for).await
     }
 
     /// Removes `instance`'s heartbeat (a stopping process).
@@ -1070,15 +1052,7 @@ impl Store {
         if !self.is_postgres() {
             return Ok(());
         }
-        let values: [sea_orm::Value; 1] = [instance.into()];
-        self.fast
-            .execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "DELETE FROM worker_heartbeats WHERE instance_id = $1",
-                values,
-            ))
-            .await?;
-        Ok(())
+        pg::leave(&self.fast, instance).await
     }
 
     // ---- outbox ----

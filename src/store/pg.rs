@@ -121,6 +121,36 @@ fn ts(t: DateTime<Utc>) -> Value {
     t.into()
 }
 
+/// Records `instance`'s heartbeat and counts the live processes (see
+/// [`super::Store::heartbeat`]).
+pub(super) async fn heartbeat<C: ConnectionTrait>(
+    db: &C,
+    instance: &str,
+    live_for: std::time::Duration,
+) -> Result<u32, DbErr> {
+    let sql = "WITH me AS (INSERT INTO worker_heartbeats (instance_id, seen_at) \
+                 VALUES ($1, now()) ON CONFLICT (instance_id) \
+                 DO UPDATE SET seen_at = excluded.seen_at), \
+               gone AS (DELETE FROM worker_heartbeats \
+                 WHERE seen_at < now() - interval '1 hour' AND instance_id <> $1) \
+               SELECT count(*) AS others FROM worker_heartbeats \
+               WHERE instance_id <> $1 AND seen_at >= now() - make_interval(secs => $2)";
+    let values = vec![instance.into(), live_for.as_secs_f64().into()];
+    let row = db
+        .query_one_raw(stmt(sql, values))
+        .await?
+        .ok_or_else(|| DbErr::Custom("the heartbeat count returned no row".into()))?;
+    let others: i64 = row.try_get("", "others")?;
+    Ok(u32::try_from(others).unwrap_or(u32::MAX - 1) + 1)
+}
+
+/// Removes `instance`'s heartbeat.
+pub(super) async fn leave<C: ConnectionTrait>(db: &C, instance: &str) -> Result<(), DbErr> {
+    let sql = "DELETE FROM worker_heartbeats WHERE instance_id = $1";
+    db.execute_raw(stmt(sql, vec![instance.into()])).await?;
+    Ok(())
+}
+
 /// One command for [`begin`]: its new row, its lane, and whether to record its first
 /// attempt in the same statement.
 pub(super) struct BeginRow {
