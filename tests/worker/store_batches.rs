@@ -31,6 +31,7 @@ on_both_databases!(
     migrations_go_down_and_up_again,
     dropping_the_pending_index_deletes_rows_an_older_version_marked_sent,
     heartbeats_count_the_live_processes_sharing_the_database,
+    a_statement_that_can_only_scan_is_not_jit_compiled,
 );
 
 fn command(n: usize) -> Command {
@@ -681,5 +682,44 @@ async fn heartbeats_count_the_live_processes_sharing_the_database(db: Db) {
     assert_eq!(store.heartbeat("a", live).await.unwrap(), 2);
     store.leave("b").await.unwrap();
     assert_eq!(store.heartbeat("a", live).await.unwrap(), 1);
+    store.close().await;
+}
+
+/// The worker's PostgreSQL sessions plan for key lookups (sequential scans disabled),
+/// which gives a statement that can only scan a huge cost: without `jit = off` PostgreSQL
+/// would JIT-compile it on every run (the heartbeat's count took 40-200 ms so).
+async fn a_statement_that_can_only_scan_is_not_jit_compiled(db: Db) {
+    use sea_orm::ConnectionTrait;
+    let env = TestEnv::new(db).await;
+    let store = store(&env).await;
+    if db == Db::Sqlite {
+        // Nothing to compile; the count still answers.
+        assert_eq!(
+            store
+                .heartbeat("a", std::time::Duration::from_secs(5))
+                .await
+                .unwrap(),
+            1
+        );
+        store.close().await;
+        return;
+    }
+    let plan = store
+        .connection()
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "EXPLAIN (FORMAT JSON) SELECT count(*) FROM worker_heartbeats \
+             WHERE seen_at >= now() - interval '5 seconds'",
+        ))
+        .await
+        .unwrap()
+        .expect("a plan");
+    let plan: serde_json::Value = plan.try_get_by_index(0).unwrap();
+    let root = &plan[0]["Plan"];
+    assert!(
+        root["Total Cost"].as_f64().unwrap() > 1e9,
+        "sequential scans are disabled: {plan}"
+    );
+    assert!(plan[0].get("JIT").is_none(), "JIT-compiled: {plan}");
     store.close().await;
 }
