@@ -156,8 +156,9 @@ impl TestEnv {
     }
 
     pub async fn start_worker_with(&self, settings: Settings) -> RunningWorker {
-        let worker = Worker::start(settings, Some(self.world.clone()))
+        let worker = tokio::time::timeout(BOUND, Worker::start(settings, Some(self.world.clone())))
             .await
+            .unwrap_or_else(|_| panic!("the worker did not start within {BOUND:?}"))
             .expect("worker starts");
         let store = worker.store().clone();
         let health = worker.health.clone();
@@ -400,12 +401,21 @@ impl Drop for TestEnv {
         let pg_db = self.pg_db.take();
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Runtime::new() {
-                rt.block_on(Self::cleanup(topology, pg_db));
+                let what = format!("{:?} / {pg_db:?}", topology.exchanges());
+                let cleanup = tokio::time::timeout(BOUND, Self::cleanup(topology, pg_db));
+                if rt.block_on(cleanup).is_err() {
+                    eprintln!("test cleanup did not finish within {BOUND:?}: {what}");
+                }
             }
         })
         .join();
     }
 }
+
+/// The longest a worker's start or stop, or a test's cleanup, may take: a hang fails the
+/// test with its cause instead of stalling the suite (a stop waits at most the shutdown
+/// grace, 30 s by default, plus the outbox drain).
+const BOUND: Duration = Duration::from_secs(90);
 
 pub struct RunningWorker {
     token: CancellationToken,
@@ -417,7 +427,11 @@ impl RunningWorker {
     pub async fn stop(mut self) {
         self.token.cancel();
         if let Some(h) = self.handle.take() {
-            h.await.expect("worker task").expect("worker exits cleanly");
+            tokio::time::timeout(BOUND, h)
+                .await
+                .unwrap_or_else(|_| panic!("the worker did not stop within {BOUND:?}"))
+                .expect("worker task")
+                .expect("worker exits cleanly");
         }
     }
 }
