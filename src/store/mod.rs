@@ -122,12 +122,17 @@ impl Completion {
 
 #[derive(Clone)]
 pub struct Store {
-    /// Outcome commits: durable before the command is acknowledged.
+    /// Writes that must survive a database-server crash: the inbox receipt, the leases
+    /// taken (with the receipt or on their own), the attempt markers (the code being replaced,
+    /// recorded before a reset is sent: guarantee 6.3) and the outcome commits (before the
+    /// command is acknowledged). A receipt lost after its reset was sent would make the
+    /// outcome commit find no row and the command count as completed elsewhere.
     db: DatabaseConnection,
-    /// Bookkeeping that may be lost in a database-server crash without harm (inbox
-    /// receipt, leases, attempt markers, outbox and scheduler claims): on PostgreSQL a pool
-    /// with `synchronous_commit = off`, so these writes do not wait for a disk flush.
-    /// Every later synchronous commit flushes them too. On SQLite the same pool.
+    /// Bookkeeping that may be lost in a database-server crash without harm (lease
+    /// renewals and releases, heartbeats, outbox and scheduler claims, reads):
+    /// on PostgreSQL a pool with `synchronous_commit = off`, so these writes do not wait
+    /// for a disk flush. Every later synchronous commit flushes them too. On SQLite the
+    /// same pool.
     fast: DatabaseConnection,
 }
 
@@ -266,7 +271,7 @@ impl Store {
                     first_attempt: false,
                 })
                 .collect();
-            let (found, _) = pg::begin(&self.fast, &rows, &[], "", t, t).await?;
+            let (found, _) = pg::begin(&self.db, &rows, &[], "", t, t).await?;
             found.into_iter().map(|b| b.row).collect()
         } else {
             let ids: Vec<String> = cmds.iter().map(|c| c.id.to_string()).collect();
@@ -319,7 +324,7 @@ impl Store {
             })
             .collect();
         let unique = unique_lanes(&lanes);
-        let (found, taken) = pg::begin(&self.fast, &rows, &unique, owner, until, t).await?;
+        let (found, taken) = pg::begin(&self.db, &rows, &unique, owner, until, t).await?;
         let taken: std::collections::HashSet<String> = taken.into_iter().collect();
         let mut firsts = std::collections::HashMap::new();
         let found = found
@@ -405,7 +410,7 @@ impl Store {
     pub async fn mark_executing_many(&self, batch: &[Attempt]) -> Result<Vec<bool>, DbErr> {
         let ids: Vec<String> = batch.iter().map(|a| a.command_id.clone()).collect();
         let marked: std::collections::HashSet<String> = if self.is_postgres() {
-            pg::mark_executing(&self.fast, batch, now())
+            pg::mark_executing(&self.db, batch, now())
                 .await?
                 .into_iter()
                 .collect()
@@ -446,7 +451,7 @@ impl Store {
         batch: &[FirstAttempt],
     ) -> Result<Vec<(bool, Option<link::Model>)>, DbErr> {
         if self.is_postgres() {
-            let marked = pg::first_attempts(&self.fast, batch, now()).await?;
+            let marked = pg::first_attempts(&self.db, batch, now()).await?;
             let mut found: std::collections::HashMap<String, Option<link::Model>> =
                 marked.into_iter().collect();
             return Ok(batch
@@ -982,7 +987,7 @@ impl Store {
         let (t, until) = lease_window(ttl);
         let unique = unique_lanes(lanes);
         let taken: std::collections::HashSet<String> = if self.is_postgres() {
-            pg::try_leases(&self.fast, &unique, owner, until, t)
+            pg::try_leases(&self.db, &unique, owner, until, t)
                 .await?
                 .into_iter()
                 .collect()
