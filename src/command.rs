@@ -12,6 +12,19 @@ use crate::backend::ErrorKind;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 const MAX_ID_CHARS: usize = 128;
 const MAX_TEXT_CHARS: usize = 500;
+/// The longest backend name: configured names are limited to it (see `config`), so a
+/// longer one in a command is never configured, and the store's columns hold it.
+pub const MAX_BACKEND_CHARS: usize = 64;
+
+/// Free text as the store can hold it: PostgreSQL text cannot contain NUL (U+0000),
+/// so each is replaced by U+FFFD, in the store and in events alike.
+fn storable(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s
+    }
+}
 
 /// The idempotency key of a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,8 +85,10 @@ impl SessionId {
         if !raw.chars().all(ok_char) {
             return Err("session_id may only contain A-Za-z0-9._:@+-".into());
         }
-        if raw.chars().all(|c| c == '.') {
-            return Err("session_id may not consist of dots only".into());
+        // The two values a URL parser resolves as path navigation: no adapter could send
+        // them as a path segment (`...` is an ordinary segment).
+        if raw == "." || raw == ".." {
+            return Err("session_id may not be \".\" or \"..\"".into());
         }
         Ok(Self(raw.to_owned()))
     }
@@ -110,9 +125,13 @@ impl GroupId {
                     return Err("group_id must be a group JID like 120363041234567890@g.us".into());
                 };
                 let mut parts = local.splitn(2, '-');
-                let digits = |s: &str| {
-                    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_digit())
-                };
+                let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+                if raw.len() > MAX_ID_CHARS * 2 {
+                    return Err(format!(
+                        "group_id must be at most {} characters",
+                        MAX_ID_CHARS * 2
+                    ));
+                }
                 let first_ok = parts.next().is_some_and(digits);
                 let second_ok = parts.next().is_none_or(digits);
                 if first_ok && second_ok {
@@ -242,11 +261,24 @@ pub fn parse(body: &[u8], backends: &dyn BackendResolver) -> Result<Command, Box
         .and_then(|s| Uuid::parse_str(&s).ok())
         .map(CommandId);
     rej.command_type = as_text(&wire.kind).as_deref().and_then(CommandType::parse);
-    rej.session_id = as_text(&wire.session_id).filter(|s| SessionId::parse(s).is_ok());
-    rej.group_id = as_text(&wire.group_id).filter(|s| s.len() <= MAX_ID_CHARS * 2);
-    rej.backend = as_text(&wire.backend).filter(|s| s.len() <= MAX_ID_CHARS);
-    rej.reason_field = as_text(&wire.reason).filter(|s| s.chars().count() <= MAX_TEXT_CHARS);
-    rej.requested_by = as_text(&wire.requested_by).filter(|s| s.chars().count() <= MAX_TEXT_CHARS);
+    // What the failure event can carry: every field that could be read as a string and
+    // fits the store, valid or not (an invalid session_id or group_id is reported back
+    // as sent).
+    rej.session_id = as_text(&wire.session_id)
+        .filter(|s| s.chars().count() <= MAX_ID_CHARS)
+        .map(storable);
+    rej.group_id = as_text(&wire.group_id)
+        .filter(|s| s.chars().count() <= MAX_ID_CHARS * 2)
+        .map(storable);
+    rej.backend = as_text(&wire.backend)
+        .filter(|s| s.chars().count() <= MAX_BACKEND_CHARS)
+        .map(storable);
+    rej.reason_field = as_text(&wire.reason)
+        .filter(|s| s.chars().count() <= MAX_TEXT_CHARS)
+        .map(storable);
+    rej.requested_by = as_text(&wire.requested_by)
+        .filter(|s| s.chars().count() <= MAX_TEXT_CHARS)
+        .map(storable);
     let fail = |mut rej: Rejection, reason: String| {
         rej.reason = reason;
         Err(Box::new(rej))
@@ -291,7 +323,8 @@ pub fn parse(body: &[u8], backends: &dyn BackendResolver) -> Result<Command, Box
     }
     let Some(style) = backends.group_style(&backend) else {
         rej.kind = ErrorKind::UnknownBackend;
-        rej.backend = Some(backend.clone()).filter(|b| b.len() <= MAX_ID_CHARS);
+        rej.backend =
+            Some(storable(backend.clone())).filter(|b| b.chars().count() <= MAX_BACKEND_CHARS);
         return fail(rej, format!("backend {backend:?} is not configured"));
     };
     let group = match GroupId::parse(&raw_group, style) {
@@ -304,8 +337,8 @@ pub fn parse(body: &[u8], backends: &dyn BackendResolver) -> Result<Command, Box
         session,
         group,
         backend,
-        reason: as_text(&wire.reason),
-        requested_by: as_text(&wire.requested_by),
+        reason: as_text(&wire.reason).map(storable),
+        requested_by: as_text(&wire.requested_by).map(storable),
     })
 }
 
@@ -372,6 +405,61 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_session_is_reported_back_as_sent_when_it_fits_the_store() {
+        for bad in ["a b", "a/b", "", "sé"] {
+            let mut v = valid();
+            v["session_id"] = bad.into();
+            let rej = parse(&body(v), &OneBackend).unwrap_err();
+            assert_eq!(rej.kind, ErrorKind::InvalidCommand);
+            assert_eq!(rej.session_id.as_deref(), Some(bad));
+            assert!(rej.is_attributable(), "{bad:?}");
+        }
+        let mut v = valid();
+        v["session_id"] = "a".repeat(129).into();
+        let rej = parse(&body(v), &OneBackend).unwrap_err();
+        assert_eq!(rej.session_id, None, "longer than the store's column");
+    }
+
+    #[test]
+    fn an_unknown_backend_is_named_only_when_it_fits_the_store() {
+        let mut v = valid();
+        v["backend"] = "b".repeat(MAX_BACKEND_CHARS).into();
+        let rej = parse(&body(v.clone()), &OneBackend).unwrap_err();
+        assert_eq!(rej.kind, ErrorKind::UnknownBackend);
+        assert_eq!(
+            rej.backend.as_deref().map(str::len),
+            Some(MAX_BACKEND_CHARS)
+        );
+        v["backend"] = "b".repeat(MAX_BACKEND_CHARS + 1).into();
+        let rej = parse(&body(v), &OneBackend).unwrap_err();
+        assert_eq!(rej.kind, ErrorKind::UnknownBackend);
+        assert_eq!(rej.backend, None);
+        assert!(rej.is_attributable());
+    }
+
+    #[test]
+    fn nul_characters_in_free_text_become_replacement_characters() {
+        let mut v = valid();
+        v["reason"] = "a\u{0}b".into();
+        v["requested_by"] = "\u{0}".into();
+        let cmd = parse(&body(v.clone()), &OneBackend).unwrap();
+        assert_eq!(cmd.reason.as_deref(), Some("a\u{FFFD}b"));
+        assert_eq!(cmd.requested_by.as_deref(), Some("\u{FFFD}"));
+        v["group_id"] = "1\u{0}@g.us".into();
+        let rej = parse(&body(v), &OneBackend).unwrap_err();
+        assert_eq!(rej.group_id.as_deref(), Some("1\u{FFFD}@g.us"));
+        assert_eq!(rej.reason_field.as_deref(), Some("a\u{FFFD}b"));
+    }
+
+    #[test]
+    fn long_jids_are_accepted_up_to_the_store_limit() {
+        let jid = format!("{}@g.us", "1".repeat(100));
+        assert!(GroupId::parse(&jid, GroupIdStyle::Jid).is_ok());
+        let jid = format!("{}@g.us", "1".repeat(MAX_ID_CHARS * 2));
+        assert!(GroupId::parse(&jid, GroupIdStyle::Jid).is_err());
+    }
+
+    #[test]
     fn meta_backend_takes_opaque_group_ids() {
         let mut v = valid();
         v["backend"] = "meta".into();
@@ -407,6 +495,7 @@ mod tests {
         assert!(SessionId::parse("team-1_x:y@z+w.").is_ok());
         assert!(SessionId::parse("..").is_err());
         assert!(SessionId::parse(".").is_err());
+        assert!(SessionId::parse("...").is_ok());
     }
 
     #[test]
@@ -454,6 +543,7 @@ mod tests {
                     }
                     for text in [&cmd.reason, &cmd.requested_by].into_iter().flatten() {
                         prop_assert!(text.chars().count() <= MAX_TEXT_CHARS);
+                        prop_assert!(!text.contains('\0'));
                     }
                 }
                 Err(rej) => {
@@ -462,13 +552,16 @@ mod tests {
                         ErrorKind::InvalidCommand | ErrorKind::UnknownBackend
                     ));
                     prop_assert!(!rej.reason.is_empty());
-                    if rej.is_attributable() {
-                        let session_ok = rej
-                            .session_id
-                            .as_deref()
-                            .is_some_and(|s| SessionId::parse(s).is_ok());
-                        prop_assert!(session_ok);
-                    }
+                    // What the failure event and the store get fits the store's columns.
+                    let fits = |v: &Option<String>, max: usize| {
+                        v.as_deref()
+                            .is_none_or(|s| s.chars().count() <= max && !s.contains('\0'))
+                    };
+                    prop_assert!(fits(&rej.session_id, MAX_ID_CHARS));
+                    prop_assert!(fits(&rej.group_id, MAX_ID_CHARS * 2));
+                    prop_assert!(fits(&rej.backend, MAX_BACKEND_CHARS));
+                    prop_assert!(fits(&rej.reason_field, MAX_TEXT_CHARS));
+                    prop_assert!(fits(&rej.requested_by, MAX_TEXT_CHARS));
                 }
             }
             Ok(())

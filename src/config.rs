@@ -472,6 +472,23 @@ impl Settings {
         if self.rotation.link_ttl.is_zero() {
             return err("rotation.link_ttl", "must be > 0");
         }
+        if self.rotation.lead >= self.rotation.link_ttl {
+            // Every link would be due as soon as it is rotated: rotated on every scan.
+            return err("rotation.lead", "must be shorter than rotation.link_ttl");
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return err(
+                "http.listen",
+                "must be an IP address and port like \"127.0.0.1:9464\", or \"\" to disable",
+            );
+        }
+        if self.worker.instance_id.chars().count() > 128 {
+            return err("worker.instance_id", "must be at most 128 characters");
+        }
+        if self.amqp.name_prefix.chars().count() > 128 {
+            return err("amqp.name_prefix", "must be at most 128 characters");
+        }
         if !self.backends.contains_key(&self.default_backend) {
             return err(
                 "default_backend",
@@ -481,11 +498,18 @@ impl Settings {
         for (name, b) in &self.backends {
             let key = |k: &str| format!("backends.{name}.{k}");
             if name.is_empty()
+                || name.len() > crate::command::MAX_BACKEND_CHARS
                 || !name
                     .bytes()
                     .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
             {
-                return err(&format!("backends.{name}"), "backend names are A-Za-z0-9_-");
+                return err(
+                    &format!("backends.{name}"),
+                    &format!(
+                        "backend names are 1..={} of A-Za-z0-9_-",
+                        crate::command::MAX_BACKEND_CHARS
+                    ),
+                );
             }
             if b.kind.needs_token() && b.token.as_ref().is_none_or(|t| t.expose().is_empty()) {
                 return err(&key("token"), "missing (set token or token_env)");
@@ -673,6 +697,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("retry.initial_delay"), "{e}");
+    }
+
+    #[test]
+    fn values_the_worker_could_not_use_are_named() {
+        let long = "n".repeat(65);
+        for (toml, key) in [
+            ("[http]\nlisten = \"notanaddr\"\n", "http.listen"),
+            ("[http]\nlisten = \"127.0.0.1:99999\"\n", "http.listen"),
+            ("[rotation]\nlead = \"7d\"\n", "rotation.lead"),
+            (
+                "[rotation]\nlead = \"2d\"\nlink_ttl = \"1d\"\n",
+                "rotation.lead",
+            ),
+            (
+                &format!("[worker]\ninstance_id = \"{}\"\n", "i".repeat(129)),
+                "worker.instance_id",
+            ),
+            (
+                &format!("[amqp]\nname_prefix = \"{}\"\n", "p".repeat(129)),
+                "amqp.name_prefix",
+            ),
+            (
+                &format!("[backends.{long}]\nkind = \"simulator\"\n"),
+                &format!("backends.{long}"),
+            ),
+        ] {
+            let e = load(toml, &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        let ok = "[http]\nlisten = \"\"\n[rotation]\nlead = \"1d\"\nlink_ttl = \"2d\"\n";
+        assert!(load(ok, &[]).is_ok());
+        let name = "n".repeat(64);
+        assert!(load(&format!("[backends.{name}]\nkind = \"simulator\"\n"), &[]).is_ok());
     }
 
     #[test]

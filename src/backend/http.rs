@@ -153,6 +153,9 @@ fn whatsapp_refusal(text: &str) -> Option<ErrorKind> {
         ("rate-overlimit", ErrorKind::RateLimited),
         ("not-authorized", ErrorKind::NotAdmin),
         ("item-not-found", ErrorKind::GroupNotFound),
+        // Baileys' error when the session's WhatsApp connection is gone (Evolution wraps
+        // it in a 404): transient, unlike the 404's usual meaning.
+        ("connection closed", ErrorKind::SessionDisconnected),
     ]
     .into_iter()
     .find_map(|(word, kind)| text.contains(word).then_some(kind))
@@ -636,6 +639,11 @@ mod tests {
             (404, "session not found", SessionNotFound),
             (404, "the \"x\" instance does not exist", SessionNotFound),
             (404, "group not found", GroupNotFound),
+            (
+                404,
+                "[\"revoke error\", \"error: connection closed\"]",
+                SessionDisconnected,
+            ),
             (429, "", RateLimited),
             (503, "", BackendUnavailable),
             (400, "invalid parameters", BackendProtocol),

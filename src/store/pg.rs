@@ -90,6 +90,11 @@ impl Serialize for SqlValue<'_> {
             Value::Bool(Some(b)) => s.serialize_bool(*b),
             Value::Int(Some(n)) => s.serialize_i32(*n),
             Value::BigInt(Some(n)) => s.serialize_i64(*n),
+            // PostgreSQL text cannot hold NUL (`jsonb` refuses its escape): provider
+            // error texts may carry one. Command fields are cleaned when parsed.
+            Value::String(Some(text)) if text.contains('\0') => {
+                s.serialize_str(&text.replace('\0', "\u{FFFD}"))
+            }
             Value::String(Some(text)) => s.serialize_str(text),
             Value::Bytes(Some(b)) => s.collect_str(&format_args!("\\x{}", hex::encode(b))),
             Value::ChronoDateTimeUtc(Some(t)) => s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.6fZ")),

@@ -82,6 +82,15 @@ async fn evolution_maps_a_missing_instance_to_session_not_found() {
     assert_error(&e, ErrorKind::SessionNotFound, PERMANENT, Some(404));
 }
 
+/// Baileys' "Connection Closed" (the session lost its WhatsApp connection) arrives wrapped
+/// in a 404 like every Evolution refusal: transient, not a missing group.
+#[tokio::test]
+async fn evolution_maps_a_closed_connection_404_to_session_disconnected() {
+    let body = wrapped(404, &["Revoke error", "Error: Connection Closed"]);
+    let e = json_refusal(KIND, 404, body).await;
+    assert_error(&e, ErrorKind::SessionDisconnected, TRANSIENT, Some(404));
+}
+
 #[tokio::test]
 async fn evolution_maps_other_404s_to_group_not_found() {
     let e = json_refusal(KIND, 404, wrapped(404, &["Group not found"])).await;

@@ -151,6 +151,11 @@ impl TestEnv {
     }
 
     /// Starts a worker in this process on these settings and this simulator world.
+    /// The PostgreSQL database of a [`Db::Postgres`] environment.
+    pub fn pg_database(&self) -> Option<&str> {
+        self.pg_db.as_deref()
+    }
+
     pub async fn start_worker(&self) -> RunningWorker {
         self.start_worker_with(self.settings.clone()).await
     }
@@ -402,7 +407,9 @@ impl Drop for TestEnv {
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Runtime::new() {
                 let what = format!("{:?} / {pg_db:?}", topology.exchanges());
-                let cleanup = tokio::time::timeout(BOUND, Self::cleanup(topology, pg_db));
+                // The timer is made inside the runtime (outside, tokio panics).
+                let cleanup =
+                    async { tokio::time::timeout(BOUND, Self::cleanup(topology, pg_db)).await };
                 if rt.block_on(cleanup).is_err() {
                     eprintln!("test cleanup did not finish within {BOUND:?}: {what}");
                 }

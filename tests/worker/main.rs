@@ -3,6 +3,7 @@
 
 mod crashes;
 mod helpers;
+mod hygiene;
 mod operations;
 mod outages;
 mod pipeline;

@@ -18,6 +18,7 @@ on_both_databases!(
     same_command_id_twice_resets_once_with_one_event_id,
     rotate_of_a_freshly_rotated_group_is_skipped_without_backend_call,
     bad_input_is_dead_lettered_and_a_later_command_still_completes,
+    text_the_store_cannot_hold_loses_no_command_and_no_event,
     commands_for_one_group_run_one_at_a_time_while_groups_overlap,
 );
 
@@ -203,6 +204,61 @@ async fn bad_input_is_dead_lettered_and_a_later_command_still_completes(db: Db) 
     );
     assert!(reasons.iter().any(|r| r.contains("exceeds")));
     assert!(reasons.iter().any(|r| r.contains("group_id")));
+    worker.stop().await;
+}
+
+/// A NUL character (which PostgreSQL text cannot hold) in a free-text field, an invalid
+/// session and an unknown backend name longer than any configured one: each command gets
+/// its event, nothing fails inside the worker.
+async fn text_the_store_cannot_hold_loses_no_command_and_no_event(db: Db) {
+    let env = TestEnv::new(db).await;
+    let mut events = env.tap_events().await;
+    let worker = env.start_worker().await;
+    let (nul, bad_session, long_backend) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let body = |id: Uuid, session: &str, group: &str, backend: Option<&str>| {
+        serde_json::to_vec(&serde_json::json!({
+            "command_id": id.to_string(), "type": "revoke_invite", "session_id": session,
+            "group_id": group, "backend": backend, "reason": "a\u{0}b",
+            "requested_by": "\u{0}",
+        }))
+        .unwrap()
+    };
+    env.publish_raw(&body(nul, "sales", &group(40), None)).await;
+    env.publish_raw(&body(bad_session, "a b", &group(41), None))
+        .await;
+    let backend = "b".repeat(100);
+    env.publish_raw(&body(long_backend, "sales", &group(42), Some(&backend)))
+        .await;
+
+    let got = events.take(3, WAIT).await;
+    let by_id = |id: Uuid| {
+        got.iter()
+            .map(|(_, e)| e)
+            .find(|e| e["command_id"] == id.to_string())
+            .unwrap_or_else(|| panic!("an event for {id}: {got:#?}"))
+    };
+    let rotated = by_id(nul);
+    assert_eq!(rotated["event_type"], "invite_link.rotated");
+    assert_eq!(rotated["reason"], "a\u{FFFD}b");
+    assert_eq!(rotated["requested_by"], "\u{FFFD}");
+    let invalid = by_id(bad_session);
+    assert_eq!(invalid["error"]["kind"], "invalid_command");
+    assert_eq!(invalid["session_id"], "a b", "reported back as sent");
+    let unknown = by_id(long_backend);
+    assert_eq!(unknown["error"]["kind"], "unknown_backend");
+    assert_eq!(unknown["backend"], serde_json::Value::Null);
+
+    let rows = command::Entity::find()
+        .filter(command::Column::CommandId.is_in([
+            nul.to_string(),
+            bad_session.to_string(),
+            long_backend.to_string(),
+        ]))
+        .all(worker.store.connection())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3, "all three recorded");
+    assert!(rows.iter().all(|r| r.status == "done"));
     worker.stop().await;
 }
 
