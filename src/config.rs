@@ -387,6 +387,12 @@ impl Settings {
                         p.display()
                     )));
                 }
+                if let Err(e) = std::fs::read(p) {
+                    return Err(ConfigError(format!(
+                        "config file {} cannot be read: {e}",
+                        p.display()
+                    )));
+                }
                 figment = figment.merge(Toml::file_exact(p));
             }
             None if Path::new(DEFAULT_CONFIG_PATH).exists() => {

@@ -165,9 +165,18 @@ fn usage(message: impl Into<String>) -> Failure {
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
+        // The causes, outermost first, leaving out any that repeats what the one before
+        // already says (lapin's errors wrap their source and print it again).
+        let mut parts: Vec<String> = Vec::new();
+        for cause in e.chain() {
+            let text = cause.to_string();
+            if !parts.last().is_some_and(|last| last.contains(&text)) {
+                parts.push(text);
+            }
+        }
         Failure {
             code: 1,
-            message: format!("{e:#}"),
+            message: parts.join(": "),
         }
     }
 }
@@ -193,7 +202,9 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {}", f.message);
+            // One line, whatever the causes' own formatting.
+            let line = f.message.split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("error: {line}");
             ExitCode::from(f.code)
         }
     }
@@ -201,7 +212,11 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
     let settings = Settings::load(cli.config.as_deref()).map_err(|e| usage(e.to_string()))?;
-    telemetry::init(&settings.log);
+    let one_shot = !matches!(
+        cli.command,
+        Cmd::Run | Cmd::Simulate { .. } | Cmd::Watch { .. }
+    );
+    telemetry::init(&settings.log, one_shot);
     match cli.command {
         Cmd::Run => {
             let worker = Worker::start(settings, None).await?;

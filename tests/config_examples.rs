@@ -106,3 +106,20 @@ fn config_check_names_the_bad_key_and_exits_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("retry.max_attempts"), "{stderr}");
 }
+
+#[test]
+fn a_config_path_that_cannot_be_read_is_named_on_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_invite-worker"))
+        .args(["config", "check", "--config"])
+        .arg(dir.path())
+        .output()
+        .expect("run config check");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&dir.path().display().to_string()),
+        "{stderr}"
+    );
+}

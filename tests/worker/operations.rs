@@ -476,3 +476,25 @@ async fn bulk_send_publishes_valid_lines_and_reports_bad_ones() {
     let (code, _, err) = env.cli(&["send", "revoke", "--group", "1@g.us"]).await;
     assert_eq!(code, 2, "missing --session is a usage error: {err}");
 }
+
+/// A one-shot command that fails says why in one line on stderr, without the broker
+/// client's own log lines or a cause printed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_send_reports_one_line() {
+    let env = TestEnv::new(Db::Sqlite).await;
+    let out = env
+        .cli_command(&["send", "revoke", "--session", "sales", "--group", &group(1)])
+        .env(
+            "INVITE_WORKER__AMQP__URL",
+            "amqp://guest:not-the-password@127.0.0.1:5672/%2f",
+        )
+        .output()
+        .await
+        .expect("run send");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: broker"), "{stderr}");
+    assert_eq!(stderr.matches("ACCESS_REFUSED").count(), 1, "{stderr}");
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+}
