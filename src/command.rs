@@ -270,9 +270,12 @@ pub fn parse(body: &[u8], backends: &dyn BackendResolver) -> Result<Command, Box
     rej.group_id = as_text(&wire.group_id)
         .filter(|s| s.chars().count() <= MAX_ID_CHARS * 2)
         .map(storable);
-    rej.backend = as_text(&wire.backend)
-        .filter(|s| s.chars().count() <= MAX_BACKEND_CHARS)
-        .map(storable);
+    rej.backend = match &wire.backend {
+        None | Some(serde_json::Value::Null) => Some(backends.default_backend().to_owned()),
+        named => as_text(named)
+            .filter(|s| s.chars().count() <= MAX_BACKEND_CHARS)
+            .map(storable),
+    };
     rej.reason_field = as_text(&wire.reason)
         .filter(|s| s.chars().count() <= MAX_TEXT_CHARS)
         .map(storable);
@@ -392,6 +395,7 @@ mod tests {
         assert_eq!(rej.kind, ErrorKind::InvalidCommand);
         assert!(rej.is_attributable());
         assert!(rej.reason.contains("group_id"));
+        assert_eq!(rej.backend.as_deref(), Some("sim"), "the default backend");
     }
 
     #[test]

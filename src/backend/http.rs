@@ -128,7 +128,12 @@ pub fn classify(status: u16, text: &str) -> ErrorKind {
         403 => ErrorKind::NotAdmin,
         404 => not_found(text),
         429 => ErrorKind::RateLimited,
-        500..=599 => ErrorKind::BackendUnavailable,
+        // A server error that says the session is disconnected (Wasend's 503) is
+        // reported as such; both are transient.
+        500..=599 => match described(text) {
+            Some(ErrorKind::SessionDisconnected) => ErrorKind::SessionDisconnected,
+            _ => ErrorKind::BackendUnavailable,
+        },
         _ => described(text).unwrap_or(ErrorKind::BackendProtocol),
     }
 }
@@ -646,6 +651,8 @@ mod tests {
             ),
             (429, "", RateLimited),
             (503, "", BackendUnavailable),
+            (503, "session disconnected", SessionDisconnected),
+            (502, "bad gateway", BackendUnavailable),
             (400, "invalid parameters", BackendProtocol),
             (400, "instance does not exist", SessionNotFound),
             (409, "", BackendProtocol),

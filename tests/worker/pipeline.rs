@@ -244,6 +244,10 @@ async fn text_the_store_cannot_hold_loses_no_command_and_no_event(db: Db) {
     let invalid = by_id(bad_session);
     assert_eq!(invalid["error"]["kind"], "invalid_command");
     assert_eq!(invalid["session_id"], "a b", "reported back as sent");
+    assert_eq!(
+        invalid["backend"], "sim",
+        "the default backend, as the command named none"
+    );
     let unknown = by_id(long_backend);
     assert_eq!(unknown["error"]["kind"], "unknown_backend");
     assert_eq!(unknown["backend"], serde_json::Value::Null);
