@@ -141,6 +141,12 @@ pub struct Store {
 /// and deleting one per command, which cost an index entry and a dead row each time.
 pub const RELEASED: DateTime<Utc> = DateTime::UNIX_EPOCH;
 
+/// Prepared statements kept per SQLite connection (sqlx's default is 100). The batched
+/// statements have one placeholder per value, so each batch size is its own statement,
+/// and a multi-row statement's compiled program is large: 100 of them per connection
+/// took several MiB each.
+const SQLITE_STATEMENT_CACHE: usize = 16;
+
 fn now() -> DateTime<Utc> {
     Utc::now()
 }
@@ -167,6 +173,7 @@ impl Store {
         .test_before_acquire_if_idle_for(Duration::from_secs(30))
         .sqlx_logging(false);
         if is_sqlite {
+            opts.map_sqlx_sqlite_opts(|o| o.statement_cache_capacity(SQLITE_STATEMENT_CACHE));
             let db = Database::connect(opts).await?;
             db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
             return Ok(Self {
