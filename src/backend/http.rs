@@ -127,6 +127,8 @@ pub fn classify(status: u16, text: &str) -> ErrorKind {
         401 => ErrorKind::Unauthorized,
         403 => ErrorKind::NotAdmin,
         404 => not_found(text),
+        // Request Timeout: the server gave up waiting; transient like a network timeout.
+        408 => ErrorKind::BackendUnavailable,
         429 => ErrorKind::RateLimited,
         // A server error that says the session is disconnected (Wasend's 503) is
         // reported as such; both are transient.
@@ -161,6 +163,8 @@ fn whatsapp_refusal(text: &str) -> Option<ErrorKind> {
         // Baileys' error when the session's WhatsApp connection is gone (Evolution wraps
         // it in a 404): transient, unlike the 404's usual meaning.
         ("connection closed", ErrorKind::SessionDisconnected),
+        // Baileys' timeout (Evolution wraps it in a 404 too): transient.
+        ("timed out", ErrorKind::BackendUnavailable),
     ]
     .into_iter()
     .find_map(|(word, kind)| text.contains(word).then_some(kind))
@@ -245,10 +249,25 @@ impl Reply {
             .map_err(|e| BackendError::protocol(format!("response is not valid JSON: {e}")))
     }
 
-    /// The invite link in the body (see [`invite_code`]), with no reported expiry.
+    /// The body as JSON, or, when it is not JSON, its text as a JSON string if that text
+    /// is an invite code or link: some servers send a bare string result as plain text
+    /// (WAHA's handlers return a string, which NestJS sends unquoted).
+    pub fn json_or_code(&self) -> Result<Value, BackendError> {
+        self.json().or_else(|e| {
+            let text = std::str::from_utf8(&self.body).map(str::trim).unwrap_or("");
+            if InviteCode::parse(text).is_ok() {
+                Ok(Value::String(text.to_owned()))
+            } else {
+                Err(e)
+            }
+        })
+    }
+
+    /// The invite link in the body (see [`invite_code`] and [`Reply::json_or_code`]),
+    /// with no reported expiry.
     pub fn link(&self, fields: &[&str]) -> Result<Link, BackendError> {
         Ok(Link {
-            code: invite_code(&self.json()?, fields)?,
+            code: invite_code(&self.json_or_code()?, fields)?,
             expires_at: None,
         })
     }
@@ -459,8 +478,25 @@ impl HttpApi {
         request: RequestBuilder,
         read: fn(&Reply) -> Result<Link, BackendError>,
     ) -> Result<Link, BackendError> {
-        let reply = self.execute(request).await?;
+        let mut reply = self.execute(request).await?;
+        // The body is scrubbed before it is read: an error text is cut to a length, and
+        // a token echoed across the cut would otherwise keep its first part.
+        reply.body = self.scrub_bytes(reply.body);
         read(&reply).map_err(|e| self.scrub(e))
+    }
+
+    /// `body` with the token (as is and percent-encoded) replaced by [`REDACTED`].
+    fn scrub_bytes(&self, body: Vec<u8>) -> Vec<u8> {
+        let token = self.token.expose();
+        let encoded = encode(token);
+        let holds = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+        if token.is_empty() || !(holds(token.as_bytes()) || holds(encoded.as_bytes())) {
+            return body;
+        }
+        String::from_utf8_lossy(&body)
+            .replace(token, REDACTED)
+            .replace(&encoded, REDACTED)
+            .into_bytes()
     }
 
     async fn send(&self, request: RequestBuilder) -> Result<Reply, BackendError> {
@@ -652,6 +688,12 @@ mod tests {
             (429, "", RateLimited),
             (503, "", BackendUnavailable),
             (503, "session disconnected", SessionDisconnected),
+            (
+                404,
+                "[\"revoke error\", \"error: timed out\"]",
+                BackendUnavailable,
+            ),
+            (408, "", BackendUnavailable),
             (502, "bad gateway", BackendUnavailable),
             (400, "invalid parameters", BackendProtocol),
             (400, "instance does not exist", SessionNotFound),

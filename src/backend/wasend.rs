@@ -57,7 +57,7 @@ impl Wasend {
 /// How a wasend answer reads: the link and its `expiresAt`, or a refusal.
 pub(super) fn read_reply(reply: &Reply) -> Result<Link, BackendError> {
     reply.interpret(classify_reply, |reply| {
-        let body = reply.json()?;
+        let body = reply.json_or_code()?;
         Ok(Link {
             code: invite_code(&body, LINK_FIELDS)?,
             expires_at: expires_at(&body),
@@ -65,12 +65,22 @@ pub(super) fn read_reply(reply: &Reply) -> Result<Link, BackendError> {
     })
 }
 
-/// `expiresAt` as RFC 3339; absent or unreadable means no reported expiry.
+/// `expiresAt` as ISO 8601: RFC 3339, or a date and time without an offset (read as
+/// UTC); absent or unreadable means no reported expiry (the policy applies, and says so
+/// in the event's `expires_at_source`).
 fn expires_at(body: &Value) -> Option<DateTime<Utc>> {
-    let raw = body.get("expiresAt")?.as_str()?;
-    DateTime::parse_from_rfc3339(raw)
-        .ok()
-        .map(|at| at.with_timezone(&Utc))
+    let raw = body.get("expiresAt")?.as_str()?.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(raw) {
+        return Some(at.with_timezone(&Utc));
+    }
+    let naive = chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S%.f");
+    match naive {
+        Ok(at) => Some(at.and_utc()),
+        Err(_) => {
+            tracing::debug!(expires_at = raw, "unreadable expiresAt; the policy applies");
+            None
+        }
+    }
 }
 
 #[async_trait]
@@ -89,5 +99,21 @@ impl Backend for Wasend {
 
     async fn reset_link(&self, session: &SessionId, group: &GroupId) -> Result<Link, BackendError> {
         self.invite(Method::POST, session, group, &["revoke"]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_at_reads_rfc_3339_and_offsetless_iso_8601_as_utc() {
+        let at = |raw: &str| expires_at(&serde_json::json!({ "expiresAt": raw }));
+        let want = "2026-11-29T10:00:00Z".parse::<DateTime<Utc>>().ok();
+        assert_eq!(at("2026-11-29T10:00:00Z"), want);
+        assert_eq!(at("2026-11-29T12:00:00+02:00"), want);
+        assert_eq!(at("2026-11-29T10:00:00"), want);
+        assert_eq!(at("2026-11-29T10:00:00.000"), want);
+        assert_eq!(at("next week"), None);
     }
 }

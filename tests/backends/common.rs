@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use invite_worker::{
-    backend::ErrorKind,
+    backend::{BackendKind, ErrorKind},
     command::{GroupId, GroupIdStyle, SessionId},
 };
 use serde_json::json;
@@ -141,6 +141,43 @@ async fn no_error_message_contains_the_token_even_when_the_provider_echoes_it() 
         }
         let plain = ResponseTemplate::new(502).set_body_string(echo.clone());
         assert_no_token(&refusal(kind, plain).await);
+    }
+}
+
+/// Error texts are cut to a length; a token echoed across the cut (a 404 page showing
+/// the request URL with wawp's `access_token`, say) must not keep its first part.
+#[tokio::test]
+async fn a_token_echoed_where_the_error_text_is_cut_does_not_leak_in_part() {
+    for kind in HTTP_KINDS {
+        for pad in (282..=296).step_by(2) {
+            for token in [TOKEN.to_owned(), "tok-S3CR3T%2F9f%2B2c".to_owned()] {
+                let page = format!("{}{token} and the rest of the page", "x".repeat(pad));
+                let plain = ResponseTemplate::new(404).set_body_string(page);
+                assert_no_token(&refusal(kind, plain).await);
+            }
+        }
+    }
+}
+
+/// A bare string result sent as plain text rather than a JSON string (WAHA's handlers
+/// return a string, which NestJS sends unquoted) is read like the JSON string.
+#[tokio::test]
+async fn a_plain_text_code_or_link_is_read_like_a_json_string() {
+    for kind in [BackendKind::Waha, BackendKind::Wawp, BackendKind::Wasend] {
+        for body in [NEW_CODE.to_owned(), format!("{}\n", link(NEW_CODE))] {
+            let (server, backend) = serve(kind).await;
+            Mock::given(any())
+                .respond_with(ResponseTemplate::new(200).set_body_string(body.clone()))
+                .mount(&server)
+                .await;
+            assert_link(reset(&backend).await, NEW_CODE);
+        }
+        let e = refusal(
+            kind,
+            ResponseTemplate::new(200).set_body_string("<html>ok</html>"),
+        )
+        .await;
+        assert_error(&e, ErrorKind::BackendProtocol, PERMANENT, Some(200));
     }
 }
 
