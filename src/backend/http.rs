@@ -148,6 +148,9 @@ pub fn classify_reply(reply: &Reply, text: &str) -> ErrorKind {
 /// A "not found" refusal: the session's when the text names a session or instance,
 /// else the group's.
 pub fn not_found(text: &str) -> ErrorKind {
+    // A page echoing wawp's request URL names its `instance_id` parameter: not a word
+    // about the session.
+    let text = text.replace("instance_id", "");
     if text.contains("session") || text.contains("instance") {
         ErrorKind::SessionNotFound
     } else {
@@ -174,7 +177,7 @@ fn described(text: &str) -> Option<ErrorKind> {
     let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
     if has(&["not found", "not exist"]) {
         Some(not_found(text))
-    } else if has(&["admin"]) {
+    } else if has(&["admin", "not authorized"]) {
         Some(ErrorKind::NotAdmin)
     } else if has(&["not connected", "disconnected", "not working"]) {
         Some(ErrorKind::SessionDisconnected)
@@ -694,6 +697,12 @@ mod tests {
                 BackendUnavailable,
             ),
             (408, "", BackendUnavailable),
+            (
+                404,
+                "cannot post /v2/groups/1%40g.us/invite-code?instance_id=x&access_token=[redacted]",
+                GroupNotFound,
+            ),
+            (200, "not authorized to get invite link", NotAdmin),
             (502, "bad gateway", BackendUnavailable),
             (400, "invalid parameters", BackendProtocol),
             (400, "instance does not exist", SessionNotFound),
