@@ -173,22 +173,55 @@ pub fn rotation_failed(
 }
 
 /// A copy of a command body for the dead-letter queue, with its reason in a header.
+/// `origin`: what the command arrived with that the copy keeps (see [`origin_headers`]).
 pub fn dead_letter(
     queue: &str,
     body: &[u8],
     reason: &str,
     command_id: Option<String>,
+    origin: &[(String, String)],
 ) -> OutboxMessage {
     let short: String = reason.chars().take(240).collect();
+    let mut headers: Vec<(String, String)> = origin
+        .iter()
+        .filter(|(name, _)| name != ERROR_HEADER)
+        .cloned()
+        .collect();
+    headers.push((ERROR_HEADER.to_owned(), short));
     OutboxMessage {
         exchange: String::new(),
         routing_key: queue.to_owned(),
         message_id: command_id.clone(),
         message_type: None,
         correlation_id: command_id,
-        headers: vec![(ERROR_HEADER.to_owned(), short)],
+        headers,
         payload: body.to_vec(),
     }
+}
+
+/// The header of a parked or dead-lettered copy naming the routing key the command was
+/// first published with.
+pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-original-routing-key";
+
+/// The headers a parked or dead-lettered copy of a command keeps from its delivery: every
+/// header with a text value (an upstream's trace id, say; RabbitMQ's structured `x-death`
+/// is left out), and [`ORIGINAL_ROUTING_KEY_HEADER`] set to `routing_key` unless the
+/// delivery already carries it (a copy coming back from a delay queue).
+pub fn origin_headers(
+    text_headers: Vec<(String, String)>,
+    routing_key: &str,
+) -> Vec<(String, String)> {
+    let mut out = text_headers;
+    if !out
+        .iter()
+        .any(|(name, _)| name == ORIGINAL_ROUTING_KEY_HEADER)
+    {
+        out.push((
+            ORIGINAL_ROUTING_KEY_HEADER.to_owned(),
+            routing_key.to_owned(),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -118,10 +118,19 @@ fn is_connection_error(e: &sea_orm::DbErr) -> bool {
 /// Other database errors are retried this often before the command is dead-lettered.
 const POISON_AFTER: u32 = 5;
 
+/// A command's delivery as its copies keep it: the body, and the headers of its origin
+/// ([`events::origin_headers`]).
+#[derive(Clone, Copy)]
+struct Received<'a> {
+    body: &'a [u8],
+    origin: &'a [(String, String)],
+}
+
 /// One command under its group lease.
 struct Ctx<'a> {
     cmd: &'a Command,
     body: &'a [u8],
+    origin: &'a [(String, String)],
     started_at: chrono::DateTime<Utc>,
     link: Option<entity::link::Model>,
     lease: &'a Lease,
@@ -239,8 +248,14 @@ impl Pipeline {
     }
 
     /// Settles one message body.
-    pub async fn process(&self, body: &[u8]) -> Result<Disposition, Interrupted> {
-        match self.process_inner(body).await {
+    /// `origin`: the delivery's headers a dead-lettered copy keeps
+    /// ([`events::origin_headers`]).
+    pub async fn process(
+        &self,
+        body: &[u8],
+        origin: &[(String, String)],
+    ) -> Result<Disposition, Interrupted> {
+        match self.process_inner(body, origin).await {
             Ok(d) => Ok(d),
             Err(Unsettled::Interrupted) => Err(Interrupted),
             Err(Unsettled::Poison(reason)) => {
@@ -251,9 +266,13 @@ impl Pipeline {
         }
     }
 
-    async fn process_inner(&self, body: &[u8]) -> Result<Disposition, Unsettled> {
+    async fn process_inner(
+        &self,
+        body: &[u8],
+        origin: &[(String, String)],
+    ) -> Result<Disposition, Unsettled> {
         match command::parse(body, self) {
-            Err(rejection) => self.reject(&rejection, body).await,
+            Err(rejection) => self.reject(&rejection, body, origin).await,
             Ok(cmd) => {
                 let span = info_span!(
                     "command",
@@ -265,14 +284,19 @@ impl Pipeline {
                     attempt = tracing::field::Empty,
                 );
                 let started = std::time::Instant::now();
-                let result = self.run(&cmd, body).instrument(span).await;
+                let result = self.run(&cmd, body, origin).instrument(span).await;
                 m::command_duration(cmd.kind, started.elapsed());
                 result
             }
         }
     }
 
-    async fn reject(&self, rej: &Rejection, body: &[u8]) -> Result<Disposition, Unsettled> {
+    async fn reject(
+        &self,
+        rej: &Rejection,
+        body: &[u8],
+        origin: &[(String, String)],
+    ) -> Result<Disposition, Unsettled> {
         warn!(reason = %rej.reason, command_id = ?rej.command_id.map(|c| c.to_string()), "rejecting command");
         let command_id = rej.command_id.map(|c| c.to_string());
         let mut messages = vec![events::dead_letter(
@@ -280,6 +304,7 @@ impl Pipeline {
             body,
             &format!("{}: {}", rej.kind, rej.reason),
             command_id.clone(),
+            origin,
         )];
         let mut inbox = None;
         if rej.is_attributable() {
@@ -338,7 +363,12 @@ impl Pipeline {
         Ok(Disposition::Ack)
     }
 
-    async fn run(&self, cmd: &Command, body: &[u8]) -> Result<Disposition, Unsettled> {
+    async fn run(
+        &self,
+        cmd: &Command,
+        body: &[u8],
+        origin: &[(String, String)],
+    ) -> Result<Disposition, Unsettled> {
         // A session with a long backlog of requests: wait in a delay queue, not in a
         // consumer slot, so that commands for other sessions keep flowing.
         if let Some(entry) = self.backends.get(&cmd.backend) {
@@ -422,7 +452,14 @@ impl Pipeline {
             return Ok(Disposition::Park(Duration::from_secs(1)));
         };
         let result = lease
-            .hold_while(self.run_leased(cmd, body, row, &lease, ticket, recorded))
+            .hold_while(self.run_leased(
+                cmd,
+                Received { body, origin },
+                row,
+                &lease,
+                ticket,
+                recorded,
+            ))
             .await;
         lease.release().await;
         result
@@ -434,7 +471,7 @@ impl Pipeline {
     async fn run_leased(
         &self,
         cmd: &Command,
-        body: &[u8],
+        received: Received<'_>,
         row: entity::command::Model,
         lease: &Lease,
         ticket: Option<Ticket>,
@@ -496,7 +533,8 @@ impl Pipeline {
         };
         let ctx = Ctx {
             cmd,
-            body,
+            body: received.body,
+            origin: received.origin,
             started_at: row.received_at,
             link: stored.clone(),
             lease,
@@ -732,6 +770,7 @@ impl Pipeline {
                     body,
                     &format!("{}: {}", e.kind, e.message),
                     Some(cmd.id.to_string()),
+                    ctx.origin,
                 ),
             ],
         };

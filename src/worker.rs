@@ -352,10 +352,38 @@ impl Worker {
     }
 }
 
+/// The delivery's text headers and routing key, as its parked or dead-lettered copies
+/// keep them (see [`crate::events::origin_headers`]).
+fn origin(delivery: &Delivery) -> Vec<(String, String)> {
+    use lapin::types::AMQPValue;
+    let text = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .map(|h| {
+            h.inner()
+                .iter()
+                .filter_map(|(name, value)| {
+                    let value = match value {
+                        AMQPValue::LongString(s) => {
+                            String::from_utf8_lossy(s.as_bytes()).into_owned()
+                        }
+                        AMQPValue::ShortString(s) => s.to_string(),
+                        _ => return None,
+                    };
+                    Some((name.to_string(), value))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    crate::events::origin_headers(text, delivery.routing_key.as_str())
+}
+
 /// Settles one delivery: process, then park or ack. A delivery that cannot be settled
 /// (shutdown) is left unacked and returns to the queue when the channel closes.
 async fn handle(pipeline: &Pipeline, publisher: &Publisher, delivery: Delivery) {
-    let disposition = match pipeline.process(&delivery.data).await {
+    let origin = origin(&delivery);
+    let disposition = match pipeline.process(&delivery.data, &origin).await {
         Ok(d) => d,
         Err(_) => {
             debug!("interrupted; leaving the delivery unacknowledged");
@@ -375,7 +403,7 @@ async fn handle(pipeline: &Pipeline, publisher: &Publisher, delivery: Delivery) 
             message_id,
             message_type: None,
             correlation_id: None,
-            headers: Vec::new(),
+            headers: origin,
             payload: delivery.data.clone(),
         }),
         Disposition::DeadLetter(reason) => Some(crate::events::dead_letter(
@@ -383,6 +411,7 @@ async fn handle(pipeline: &Pipeline, publisher: &Publisher, delivery: Delivery) 
             &delivery.data,
             &reason,
             message_id,
+            &origin,
         )),
     };
     if let Some(msg) = copy {

@@ -197,16 +197,22 @@ impl TestEnv {
 
     /// Publishes raw bytes to the commands exchange.
     pub async fn publish_raw(&self, body: &[u8]) {
+        self.publish_raw_with(body, "command.revoke_invite", FieldTable::default())
+            .await;
+    }
+
+    /// [`TestEnv::publish_raw`] with a routing key and headers of its own.
+    pub async fn publish_raw_with(&self, body: &[u8], routing_key: &str, headers: FieldTable) {
         let (conn, ch) = self.channel().await;
         ch.confirm_select(Default::default())
             .await
             .expect("confirms");
         ch.basic_publish(
             self.topology.commands_exchange().as_str().into(),
-            "command.revoke_invite".into(),
+            routing_key.into(),
             BasicPublishOptions::default(),
             body,
-            BasicProperties::default(),
+            BasicProperties::default().with_headers(headers),
         )
         .await
         .expect("publish")
@@ -283,6 +289,17 @@ impl TestEnv {
 
     /// Drains the dead-letter queue: (body, x-invite-error header).
     pub async fn dead_letters(&self) -> Vec<(Vec<u8>, String)> {
+        self.dead_letters_with_headers()
+            .await
+            .into_iter()
+            .map(|(body, mut headers)| (body, headers.remove("x-invite-error").unwrap_or_default()))
+            .collect()
+    }
+
+    /// Drains the dead-letter queue: (body, headers with text values).
+    pub async fn dead_letters_with_headers(
+        &self,
+    ) -> Vec<(Vec<u8>, std::collections::BTreeMap<String, String>)> {
         let (conn, ch) = self.channel().await;
         let mut out = Vec::new();
         while let Some(m) = ch
@@ -293,22 +310,29 @@ impl TestEnv {
             .await
             .expect("basic_get")
         {
-            let header = m
+            let headers = m
                 .delivery
                 .properties
                 .headers()
                 .as_ref()
-                .and_then(|h| h.inner().get("x-invite-error").cloned())
-                .map(|v| match v {
-                    AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-                    other => format!("{other:?}"),
+                .map(|h| {
+                    h.inner()
+                        .iter()
+                        .filter_map(|(k, v)| match v {
+                            AMQPValue::LongString(s) => Some((
+                                k.to_string(),
+                                String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                            )),
+                            _ => None,
+                        })
+                        .collect()
                 })
                 .unwrap_or_default();
             m.delivery
                 .ack(BasicAckOptions::default())
                 .await
                 .expect("ack");
-            out.push((m.delivery.data.clone(), header));
+            out.push((m.delivery.data.clone(), headers));
         }
         let _ = conn.close(200, "OK".into()).await;
         out

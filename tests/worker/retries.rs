@@ -237,3 +237,70 @@ async fn the_attempt_count_survives_parking_and_redelivery() {
     assert_eq!(dead_letters(&env, 1).await.len(), 1);
     worker.stop().await;
 }
+
+on_both_databases!(a_dead_letter_keeps_the_commands_headers_and_routing_key);
+
+/// A dead-lettered command keeps what it arrived with: its text headers (an upstream's
+/// trace id) and, as `x-original-routing-key`, the routing key it was published with,
+/// also when it failed after a stay in a delay queue.
+async fn a_dead_letter_keeps_the_commands_headers_and_routing_key(db: Db) {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let env = TestEnv::new(db).await;
+    let worker = env.start_worker().await;
+    // Parked (Retry-After above the inline wait), then refused for good.
+    env.world.add_fault(fault("*.reset", 1, 429, Some(3)));
+    env.world.add_fault(fault("*.reset", 1, 403, None));
+    let (parked, invalid) = (Uuid::new_v4(), Uuid::new_v4());
+    let body = |id: Uuid, group: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "command_id": id.to_string(), "type": "revoke_invite",
+            "session_id": "sales", "group_id": group,
+        }))
+        .unwrap()
+    };
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-trace-id".into(),
+        AMQPValue::LongString(LongString::from(b"trace-1".to_vec())),
+    );
+    env.publish_raw_with(
+        &body(parked, &group(60)),
+        "command.revoke_invite",
+        headers.clone(),
+    )
+    .await;
+    env.publish_raw_with(&body(invalid, "not-a-jid"), "command.custom.key", headers)
+        .await;
+
+    let mut dead = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dead.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "two dead letters: {dead:?}"
+        );
+        dead.extend(env.dead_letters_with_headers().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let of = |id: Uuid| {
+        dead.iter()
+            .find(|(b, _)| String::from_utf8_lossy(b).contains(&id.to_string()))
+            .map(|(_, h)| h.clone())
+            .unwrap_or_else(|| panic!("a dead letter for {id}: {dead:?}"))
+    };
+    let failed = of(parked);
+    assert_eq!(failed["x-trace-id"], "trace-1");
+    assert_eq!(failed["x-original-routing-key"], "command.revoke_invite");
+    assert!(
+        failed["x-invite-error"].starts_with("not_admin"),
+        "{failed:?}"
+    );
+    let rejected = of(invalid);
+    assert_eq!(rejected["x-trace-id"], "trace-1");
+    assert_eq!(rejected["x-original-routing-key"], "command.custom.key");
+    assert!(
+        rejected["x-invite-error"].starts_with("invalid_command"),
+        "{rejected:?}"
+    );
+    worker.stop().await;
+}
