@@ -10,7 +10,7 @@ use lapin::{
     BasicProperties, Channel,
     message::BasicGetMessage,
     options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions},
-    types::{AMQPValue, ShortString},
+    types::{AMQPValue, FieldTable, ShortString},
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -19,7 +19,7 @@ use crate::{
     amqp::{Broker, Topology},
     command,
     config::Settings,
-    events::ERROR_HEADER,
+    events::{ERROR_HEADER, ORIGINAL_ROUTING_KEY_HEADER},
     store::Store,
 };
 
@@ -80,6 +80,28 @@ fn header(m: &BasicGetMessage) -> String {
             other => format!("{other:?}"),
         })
         .unwrap_or_default()
+}
+
+/// The headers a replayed command is published with: the dead letter's own (what the
+/// command arrived with, see `events::origin_headers`) without the failure reason; and
+/// the routing key it was first published with, when known.
+fn replayed_headers(m: &BasicGetMessage) -> (FieldTable, Option<String>) {
+    let mut headers = FieldTable::default();
+    let mut original_key = None;
+    if let Some(h) = m.delivery.properties.headers() {
+        for (name, value) in h.inner() {
+            if name.as_str() == ERROR_HEADER {
+                continue;
+            }
+            if name.as_str() == ORIGINAL_ROUTING_KEY_HEADER
+                && let AMQPValue::LongString(s) = value
+            {
+                original_key = Some(String::from_utf8_lossy(s.as_bytes()).into_owned());
+            }
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    (headers, original_key)
 }
 
 fn describe(m: &BasicGetMessage) -> DeadLetter {
@@ -235,14 +257,19 @@ async fn replay_held(
         // command not recorded as failed (unknown here, or already reopened) is
         // republished as is: the inbox decides.
         store.replay_failed(&id).await?;
+        let (headers, original_key) = replayed_headers(m);
+        let routing_key = original_key
+            .filter(|k| k.starts_with("command."))
+            .unwrap_or_else(|| cmd.kind.routing_key());
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
-            .with_message_id(ShortString::from(id.as_str()));
+            .with_message_id(ShortString::from(id.as_str()))
+            .with_headers(headers);
         let confirm = publish
             .basic_publish(
                 topo.commands_exchange().as_str().into(),
-                cmd.kind.routing_key().as_str().into(),
+                routing_key.as_str().into(),
                 Default::default(),
                 &m.delivery.data,
                 props,

@@ -304,3 +304,63 @@ async fn a_dead_letter_keeps_the_commands_headers_and_routing_key(db: Db) {
     );
     worker.stop().await;
 }
+
+on_both_databases!(a_replayed_dead_letter_is_republished_with_the_commands_headers);
+
+/// `dead-letters replay` republishes a command with what it arrived with (not the
+/// failure reason): when it fails again, the new dead letter still carries them.
+async fn a_replayed_dead_letter_is_republished_with_the_commands_headers(db: Db) {
+    use invite_worker::{
+        dead_letters::{self, Selection},
+        store::Store,
+    };
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let env = TestEnv::new(db).await;
+    let worker = env.start_worker().await;
+    env.world.add_fault(fault("*.reset", 2, 403, None));
+    let id = Uuid::new_v4();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "command_id": id.to_string(), "type": "revoke_invite",
+        "session_id": "sales", "group_id": group(61),
+    }))
+    .unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-trace-id".into(),
+        AMQPValue::LongString(LongString::from(b"trace-2".to_vec())),
+    );
+    env.publish_raw_with(&body, "command.custom.key", headers)
+        .await;
+    wait_until(WAIT, || async {
+        dead_letters::list(&env.settings).await.expect("list").len() == 1
+    })
+    .await;
+    let store = Store::connect(env.settings.database.url.expose(), 1)
+        .await
+        .expect("store");
+    let report = dead_letters::replay(&env.settings, &store, &Selection::Ids(vec![id]))
+        .await
+        .expect("replay");
+    assert_eq!(report.replayed, [id.to_string()]);
+    store.close().await;
+
+    let mut dead = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dead.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replayed command fails again"
+        );
+        dead.extend(env.dead_letters_with_headers().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let headers = &dead[0].1;
+    assert_eq!(headers["x-trace-id"], "trace-2");
+    assert_eq!(headers["x-original-routing-key"], "command.custom.key");
+    assert_eq!(headers.keys().filter(|k| *k == "x-invite-error").count(), 1);
+    assert!(
+        headers["x-invite-error"].starts_with("not_admin"),
+        "{headers:?}"
+    );
+    worker.stop().await;
+}
