@@ -416,9 +416,16 @@ impl TestEnv {
         if let Some(name) = pg_db
             && let Ok(admin) = Database::connect(PG_ADMIN_URL).await
         {
-            let _ = admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
+            // A pool the test left open reconnects when FORCE ends its session, and a
+            // connection arriving meanwhile makes the drop fail: try again.
+            let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            for attempt in 1..=10 {
+                match admin.execute_unprepared(&sql).await {
+                    Ok(_) => break,
+                    Err(e) if attempt == 10 => eprintln!("test cleanup: {name}: {e}"),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
             let _ = admin.close().await;
         }
     }
