@@ -209,6 +209,7 @@ async fn crash_at_with(point: &str, kind: BackendKind, tracked: bool) {
                 .await
                 .unwrap()
                 .unwrap();
+            store.close().await;
             row.new_code.unwrap()
         };
         assert_eq!(sim.link(session, g).await["code"], ev_code, "{point}: {id}");

@@ -429,6 +429,7 @@ async fn two_run_processes_share_one_database_and_queue() {
         .all(store.connection())
         .await
         .unwrap();
+    store.close().await;
     assert_eq!(rows.len(), 200);
     assert!(
         rows.iter()
