@@ -81,6 +81,26 @@ fn text(v: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()))
 }
 
+/// A message's headers that have a text value (long or short string), by name; other
+/// values (tables, arrays, numbers such as RabbitMQ's `x-death`) are left out.
+pub fn text_headers(props: &BasicProperties) -> Vec<(String, String)> {
+    let Some(headers) = props.headers() else {
+        return Vec::new();
+    };
+    headers
+        .inner()
+        .iter()
+        .filter_map(|(name, value)| {
+            let value = match value {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                AMQPValue::ShortString(s) => s.to_string(),
+                _ => return None,
+            };
+            Some((name.to_string(), value))
+        })
+        .collect()
+}
+
 /// Declares exchanges, queues and bindings; idempotent.
 pub async fn declare(ch: &Channel, topo: &Topology, queue_type: QueueType) -> lapin::Result<()> {
     let durable_exchange = ExchangeDeclareOptions {

@@ -355,28 +355,10 @@ impl Worker {
 /// The delivery's text headers and routing key, as its parked or dead-lettered copies
 /// keep them (see [`crate::events::origin_headers`]).
 fn origin(delivery: &Delivery) -> Vec<(String, String)> {
-    use lapin::types::AMQPValue;
-    let text = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .map(|h| {
-            h.inner()
-                .iter()
-                .filter_map(|(name, value)| {
-                    let value = match value {
-                        AMQPValue::LongString(s) => {
-                            String::from_utf8_lossy(s.as_bytes()).into_owned()
-                        }
-                        AMQPValue::ShortString(s) => s.to_string(),
-                        _ => return None,
-                    };
-                    Some((name.to_string(), value))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    crate::events::origin_headers(text, delivery.routing_key.as_str())
+    crate::events::origin_headers(
+        crate::amqp::text_headers(&delivery.properties),
+        delivery.routing_key.as_str(),
+    )
 }
 
 /// Settles one delivery: process, then park or ack. A delivery that cannot be settled

@@ -25,7 +25,7 @@ use lapin::{
         BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
         ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
-    types::{AMQPValue, FieldTable},
+    types::FieldTable,
 };
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::Value;
@@ -310,24 +310,9 @@ impl TestEnv {
             .await
             .expect("basic_get")
         {
-            let headers = m
-                .delivery
-                .properties
-                .headers()
-                .as_ref()
-                .map(|h| {
-                    h.inner()
-                        .iter()
-                        .filter_map(|(k, v)| match v {
-                            AMQPValue::LongString(s) => Some((
-                                k.to_string(),
-                                String::from_utf8_lossy(s.as_bytes()).into_owned(),
-                            )),
-                            _ => None,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let headers = invite_worker::amqp::text_headers(&m.delivery.properties)
+                .into_iter()
+                .collect();
             m.delivery
                 .ack(BasicAckOptions::default())
                 .await
