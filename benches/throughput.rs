@@ -217,7 +217,10 @@ impl WorkerProcess {
         latency_ms: u64,
         read_before_reset: bool,
     ) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_invite-worker"));
+        // `BENCH_WORKER` runs another build of the worker (for A/B comparisons).
+        let bin = std::env::var_os("BENCH_WORKER")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_invite-worker").into());
+        let mut cmd = Command::new(bin);
         cmd.arg("run")
             .env("INVITE_WORKER__AMQP__NAME_PREFIX", prefix)
             .env("INVITE_WORKER__AMQP__PREFETCH", prefetch.to_string())

@@ -1,7 +1,9 @@
-//! PostgreSQL forms of the batched statements: each takes its rows as one JSON
-//! parameter, so its SQL text is the same whatever the batch size (prepared once per
-//! connection) and a whole batch costs one round trip. The outcome commit is a single
-//! statement of data-modifying CTEs: one round trip and one synchronous commit per batch.
+//! PostgreSQL forms of the batched statements: each takes its rows as parameters whose
+//! number does not depend on the batch size, so its SQL text is the same for any batch
+//! (prepared once per connection) and a whole batch costs one round trip. The outcome
+//! commit is a single statement of data-modifying CTEs (one round trip and one
+//! synchronous commit per batch) and takes its rows as typed arrays, one per column,
+//! sent in binary; the other statements take one JSON parameter.
 //!
 //! Hash and merge joins are off in these sessions (see `Store::connect`), so a join
 //! between two CTEs would be a nested loop over both, quadratic in the batch (at 128 rows
@@ -12,8 +14,10 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use entity::{command, link};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
-    IdenStatic, Iterable, Statement, Value, sea_query::value::sea_value_to_json_value,
+    ActiveModelTrait, ActiveValue, ConnAcquireErr, ConnectionTrait, DatabaseConnection, DbBackend,
+    DbErr, EntityTrait, FromQueryResult, IdenStatic, Iterable, RuntimeErr, Statement, Value,
+    sea_query::value::sea_value_to_json_value,
+    sqlx::{self, Arguments, Row, postgres::PgArguments},
 };
 use serde::{Serialize, Serializer, ser::SerializeMap};
 use serde_json::Value as Json;
@@ -394,133 +398,319 @@ pub(super) async fn first_attempts<C: ConnectionTrait>(
         .collect()
 }
 
-/// A command's outcome, as the commit's `commands` update reads it.
-#[derive(Serialize)]
-struct OutcomeRow<'a> {
-    command_id: String,
-    outcome: &'a str,
-    attempts: i32,
-    new_code: Option<String>,
-    error_kind: Option<&'a str>,
-    error_message: Option<&'a str>,
-    http_status: Option<u16>,
-    event_id: Option<String>,
+/// The PostgreSQL type of a column array parameter.
+#[derive(Clone, Copy)]
+enum Ty {
+    Text,
+    Int,
+    Time,
+    Bytes,
 }
 
-/// A lease the commit releases, tagged with its command.
-#[derive(Serialize)]
-struct LeaseRow<'a> {
-    #[serde(rename = "_cmd")]
-    cmd: &'a str,
-    lane: &'a str,
-    owner: &'a str,
+/// One column of a batch's rows, bound as a typed array: the values travel in binary
+/// (no JSON text for the server to parse, no hex for byte strings, no timestamps to read
+/// from text), and the statement's text is the same whatever the batch size.
+enum Array {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i32>>),
+    Time(Vec<Option<DateTime<Utc>>>),
+    Bytes(Vec<Option<Vec<u8>>>),
 }
 
-/// Rows tagged with the command they belong to (`_cmd`), as one parameter.
-fn tagged_rows<A: ActiveModelTrait>(rows: &[(String, A)]) -> Result<Value, DbErr> {
-    let mut out = JsonRows::new();
-    for (tag, row) in rows {
-        let tag = Json::String(tag.clone());
-        out.push(&ModelRow {
-            row,
-            extra: &[("_cmd", &tag)],
-        })?;
+impl Array {
+    fn new(ty: Ty) -> Self {
+        match ty {
+            Ty::Text => Self::Text(Vec::new()),
+            Ty::Int => Self::Int(Vec::new()),
+            Ty::Time => Self::Time(Vec::new()),
+            Ty::Bytes => Self::Bytes(Vec::new()),
+        }
     }
-    out.param()
+
+    fn texts<S: Into<String>>(values: impl IntoIterator<Item = Option<S>>) -> Self {
+        Self::Text(values.into_iter().map(|v| v.map(clean_text)).collect())
+    }
+
+    /// Appends `value`, which must be of the array's type (a value not set is NULL).
+    fn push(&mut self, column: &str, value: Option<Value>) -> Result<(), DbErr> {
+        match (self, value) {
+            (Self::Text(a), None) => a.push(None),
+            (Self::Int(a), None) => a.push(None),
+            (Self::Time(a), None) => a.push(None),
+            (Self::Bytes(a), None) => a.push(None),
+            (Self::Text(a), Some(Value::String(v))) => a.push(v.map(clean_text)),
+            (Self::Int(a), Some(Value::Int(v))) => a.push(v),
+            (Self::Time(a), Some(Value::ChronoDateTimeUtc(v))) => a.push(v),
+            (Self::Bytes(a), Some(Value::Bytes(v))) => a.push(v),
+            (_, Some(other)) => {
+                return Err(DbErr::Type(format!(
+                    "column {column}: unexpected value {other:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn add_to(self, args: &mut PgArguments) -> Result<(), DbErr> {
+        let added = match self {
+            Self::Text(a) => args.add(a),
+            Self::Int(a) => args.add(a),
+            Self::Time(a) => args.add(a),
+            Self::Bytes(a) => args.add(a),
+        };
+        added.map_err(|e| DbErr::Type(e.to_string()))
+    }
+}
+
+/// PostgreSQL text cannot hold NUL: provider error texts may carry one (command fields
+/// are cleaned when parsed).
+fn clean_text<S: Into<String>>(text: S) -> String {
+    let text = text.into();
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
+/// The columns a statement reads from one table's rows, in order.
+type Columns = &'static [(&'static str, Ty)];
+
+const LINK_COLUMNS: Columns = &[
+    ("backend", Ty::Text),
+    ("session_id", Ty::Text),
+    ("group_id", Ty::Text),
+    ("invite_code", Ty::Text),
+    ("issued_at", Ty::Time),
+    ("expires_at", Ty::Time),
+    ("expires_at_source", Ty::Text),
+    ("rotation_count", Ty::Int),
+    ("last_command_id", Ty::Text),
+    ("last_rotated_at", Ty::Time),
+    ("updated_at", Ty::Time),
+];
+
+const HISTORY_COLUMNS: Columns = &[
+    ("backend", Ty::Text),
+    ("session_id", Ty::Text),
+    ("group_id", Ty::Text),
+    ("command_id", Ty::Text),
+    ("command_type", Ty::Text),
+    ("trigger", Ty::Text),
+    ("outcome", Ty::Text),
+    ("attempts", Ty::Int),
+    ("old_code", Ty::Text),
+    ("new_code", Ty::Text),
+    ("error_kind", Ty::Text),
+    ("error_message", Ty::Text),
+    ("started_at", Ty::Time),
+    ("occurred_at", Ty::Time),
+];
+
+const OUTBOX_COLUMNS: Columns = &[
+    ("exchange", Ty::Text),
+    ("routing_key", Ty::Text),
+    ("message_id", Ty::Text),
+    ("message_type", Ty::Text),
+    ("correlation_id", Ty::Text),
+    ("headers", Ty::Text),
+    ("payload", Ty::Bytes),
+    ("created_at", Ty::Time),
+];
+
+/// The outcomes' `_cmd` is the command id itself.
+const OUTCOME_COLUMNS: Columns = &[
+    ("outcome", Ty::Text),
+    ("attempts", Ty::Int),
+    ("new_code", Ty::Text),
+    ("error_kind", Ty::Text),
+    ("error_message", Ty::Text),
+    ("http_status", Ty::Int),
+    ("event_id", Ty::Text),
+];
+
+const LEASE_COLUMNS: Columns = &[("lane", Ty::Text), ("owner", Ty::Text)];
+
+/// Numbers the parameters of a statement as its text is built.
+struct Params(usize);
+
+impl Params {
+    /// `unnest($a::t[], ...) [WITH ORDINALITY] AS alias(_cmd, columns..., [n])`: the rows
+    /// of one table, each tagged with its command (`_cmd`).
+    fn unnest(&mut self, alias: &str, columns: Columns, ordinality: bool) -> String {
+        let mut arrays = vec![self.next("text[]")];
+        let mut names = vec!["_cmd"];
+        for (name, ty) in columns {
+            let ty = match ty {
+                Ty::Text => "text[]",
+                Ty::Int => "int4[]",
+                Ty::Time => "timestamptz[]",
+                Ty::Bytes => "bytea[]",
+            };
+            arrays.push(self.next(ty));
+            names.push(name);
+        }
+        if ordinality {
+            names.push("n");
+        }
+        format!(
+            "unnest({}){} AS {alias}({})",
+            arrays.join(", "),
+            if ordinality { " WITH ORDINALITY" } else { "" },
+            names.join(", ")
+        )
+    }
+
+    fn next(&mut self, ty: &str) -> String {
+        self.0 += 1;
+        format!("${}::{ty}", self.0)
+    }
+}
+
+/// The arrays of `rows` (tagged with their commands) for `columns`, appended to `args`.
+fn add_model_arrays<A: ActiveModelTrait>(
+    args: &mut PgArguments,
+    rows: &[(String, A)],
+    columns: Columns,
+) -> Result<(), DbErr> {
+    Array::texts(rows.iter().map(|(tag, _)| Some(tag.as_str()))).add_to(args)?;
+    for (name, ty) in columns {
+        let column = <<A::Entity as EntityTrait>::Column as Iterable>::iter()
+            .find(|c| c.as_str() == *name)
+            .ok_or_else(|| DbErr::Custom(format!("no column {name}")))?;
+        let mut array = Array::new(*ty);
+        for (_, row) in rows {
+            let value = match row.get(column) {
+                ActiveValue::Set(v) | ActiveValue::Unchanged(v) => Some(v),
+                ActiveValue::NotSet => None,
+            };
+            array.push(name, value)?;
+        }
+        array.add_to(args)?;
+    }
+    Ok(())
+}
+
+/// The group commit's statement: `$1` done, `$2` now, `$3` a released lease's time, then
+/// the outcomes, links, history, outbox and lease arrays (see [`commit`]).
+fn commit_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let mut p = Params(3);
+        let outcomes = p.unnest("v", OUTCOME_COLUMNS, false);
+        let links = p.unnest("r", LINK_COLUMNS, false);
+        let history = p.unnest("r", HISTORY_COLUMNS, true);
+        let outbox = p.unnest("r", OUTBOX_COLUMNS, true);
+        let leases = p.unnest("e", LEASE_COLUMNS, false);
+        let list = |columns: Columns, prefix: &str| {
+            columns
+                .iter()
+                .map(|(name, _)| format!("{prefix}{name}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let updates = LINK_COLUMNS[3..]
+            .iter()
+            .map(|(name, _)| format!("{name} = excluded.{name}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "WITH done AS ( \
+               UPDATE commands c SET status = $1, outcome = v.outcome, attempts = v.attempts, \
+                 new_code = v.new_code, error_kind = v.error_kind, \
+                 error_message = v.error_message, http_status = v.http_status, \
+                 event_id = v.event_id, updated_at = $2, finished_at = $2 \
+               FROM {outcomes} \
+               WHERE c.command_id = v._cmd AND c.status <> $1 \
+               RETURNING c.command_id), \
+             ids AS (SELECT jsonb_object_agg(command_id, true) AS m FROM done), \
+             up AS (INSERT INTO links ({link_cols}) SELECT {link_vals} FROM {links} \
+               WHERE (SELECT m FROM ids) ? r._cmd \
+               ON CONFLICT (backend, session_id, group_id) DO UPDATE SET {updates}), \
+             hist AS (INSERT INTO link_history ({hist_cols}) SELECT {hist_vals} FROM {history} \
+               WHERE (SELECT m FROM ids) ? r._cmd ORDER BY r.n), \
+             box AS (INSERT INTO outbox ({box_cols}) SELECT {box_vals} FROM {outbox} \
+               WHERE (SELECT m FROM ids) ? r._cmd ORDER BY r.n), \
+             rel AS (UPDATE group_leases g SET lease_until = $3 FROM {leases} \
+               WHERE g.lane = e.lane AND g.owner = e.owner AND (SELECT m FROM ids) ? e._cmd) \
+             SELECT command_id FROM done",
+            link_cols = list(LINK_COLUMNS, ""),
+            link_vals = list(LINK_COLUMNS, "r."),
+            hist_cols = list(HISTORY_COLUMNS, ""),
+            hist_vals = list(HISTORY_COLUMNS, "r."),
+            box_cols = list(OUTBOX_COLUMNS, ""),
+            box_vals = list(OUTBOX_COLUMNS, "r."),
+        )
+    })
 }
 
 /// The group commit as one statement: marks the commands done (skipping any already
 /// done) and, for those only, upserts their links, appends history and outbox rows (in
 /// order) and releases their leases. Returns the ids written.
-pub(super) async fn commit<C: ConnectionTrait>(
-    db: &C,
+///
+/// Its rows are bound as typed arrays through sqlx (sea-orm's values cannot carry an
+/// array with NULL elements): the JSON parameters it took before cost PostgreSQL more to
+/// read than the rows cost to write (the payload alone was twice its size in hex).
+pub(super) async fn commit(
+    db: &DatabaseConnection,
     batch: &[&Completion],
     t: DateTime<Utc>,
 ) -> Result<Vec<String>, DbErr> {
-    let outcomes = JsonRows::collect(batch.iter().map(|c| {
-        let err = c.error();
-        OutcomeRow {
-            command_id: c.cmd.id.to_string(),
-            outcome: c.outcome.as_str(),
-            attempts: c.attempts,
-            new_code: c.new_code(),
-            error_kind: err.map(|e| e.kind.as_str()),
-            error_message: err.map(|e| e.message.as_str()),
-            http_status: err.and_then(|e| e.http_status),
-            event_id: c.event_id(),
-        }
-    }))?;
     let mut deferred = Deferred::default();
     for c in batch {
         stage_completion(c, &mut deferred, t);
     }
-    let links = tagged_rows(&deferred.links)?;
-    let history = tagged_rows(&deferred.history)?;
-    let outbox = tagged_rows(&deferred.outbox)?;
-    let leases = JsonRows::collect(deferred.leases.iter().map(|(tag, (lane, owner))| LeaseRow {
-        cmd: tag,
-        lane,
-        owner,
-    }))?;
-    let sql = "WITH done AS ( \
-            UPDATE commands c SET status = $6, outcome = v.outcome, attempts = v.attempts, \
-              new_code = v.new_code, error_kind = v.error_kind, \
-              error_message = v.error_message, http_status = v.http_status, \
-              event_id = v.event_id, updated_at = $7, finished_at = $7 \
-            FROM jsonb_populate_recordset(NULL::commands, $1::jsonb) v \
-            WHERE c.command_id = v.command_id AND c.status <> $6 \
-            RETURNING c.command_id), \
-          ids AS (SELECT jsonb_object_agg(command_id, true) AS m FROM done), \
-          up AS ( \
-            INSERT INTO links (backend, session_id, group_id, invite_code, issued_at, \
-              expires_at, expires_at_source, rotation_count, last_command_id, \
-              last_rotated_at, updated_at) \
-            SELECT r.backend, r.session_id, r.group_id, r.invite_code, r.issued_at, \
-              r.expires_at, r.expires_at_source, r.rotation_count, r.last_command_id, \
-              r.last_rotated_at, r.updated_at \
-            FROM jsonb_array_elements($2::jsonb) e, jsonb_populate_record(NULL::links, e) r \
-            WHERE (SELECT m FROM ids) ? (e->>'_cmd') \
-            ON CONFLICT (backend, session_id, group_id) DO UPDATE SET \
-              invite_code = excluded.invite_code, issued_at = excluded.issued_at, \
-              expires_at = excluded.expires_at, \
-              expires_at_source = excluded.expires_at_source, \
-              rotation_count = excluded.rotation_count, \
-              last_command_id = excluded.last_command_id, \
-              last_rotated_at = excluded.last_rotated_at, updated_at = excluded.updated_at), \
-          hist AS ( \
-            INSERT INTO link_history (backend, session_id, group_id, command_id, \
-              command_type, trigger, outcome, attempts, old_code, new_code, error_kind, \
-              error_message, started_at, occurred_at) \
-            SELECT r.backend, r.session_id, r.group_id, r.command_id, r.command_type, \
-              r.trigger, r.outcome, r.attempts, r.old_code, r.new_code, r.error_kind, \
-              r.error_message, r.started_at, r.occurred_at \
-            FROM jsonb_array_elements($3::jsonb) WITH ORDINALITY AS e(v, n), \
-              jsonb_populate_record(NULL::link_history, e.v) r \
-            WHERE (SELECT m FROM ids) ? (e.v->>'_cmd') ORDER BY e.n), \
-          box AS ( \
-            INSERT INTO outbox (exchange, routing_key, message_id, message_type, \
-              correlation_id, headers, payload, created_at) \
-            SELECT r.exchange, r.routing_key, r.message_id, r.message_type, \
-              r.correlation_id, r.headers, r.payload, r.created_at \
-            FROM jsonb_array_elements($4::jsonb) WITH ORDINALITY AS e(v, n), \
-              jsonb_populate_record(NULL::outbox, e.v) r \
-            WHERE (SELECT m FROM ids) ? (e.v->>'_cmd') ORDER BY e.n), \
-          rel AS ( \
-            UPDATE group_leases g SET lease_until = $8 FROM jsonb_array_elements($5::jsonb) e \
-            WHERE g.lane = e->>'lane' AND g.owner = e->>'owner' \
-              AND (SELECT m FROM ids) ? (e->>'_cmd')) \
-        SELECT command_id FROM done";
-    let values = vec![
-        outcomes,
-        links,
-        history,
-        outbox,
-        leases,
-        STATUS_DONE.into(),
-        ts(t),
-        ts(super::RELEASED),
+    let type_err = |e: sqlx::error::BoxDynError| DbErr::Type(e.to_string());
+    let mut args = PgArguments::default();
+    args.add(STATUS_DONE).map_err(type_err)?;
+    args.add(t).map_err(type_err)?;
+    args.add(super::RELEASED).map_err(type_err)?;
+    let errors: Vec<_> = batch.iter().map(|c| c.error()).collect();
+    let outcomes = [
+        Array::texts(batch.iter().map(|c| Some(c.cmd.id.to_string()))),
+        Array::texts(batch.iter().map(|c| Some(c.outcome.as_str()))),
+        Array::Int(batch.iter().map(|c| Some(c.attempts)).collect()),
+        Array::texts(batch.iter().map(|c| c.new_code())),
+        Array::texts(errors.iter().map(|e| e.map(|e| e.kind.as_str()))),
+        Array::texts(errors.iter().map(|e| e.map(|e| e.message.as_str()))),
+        Array::Int(
+            errors
+                .iter()
+                .map(|e| e.and_then(|e| e.http_status).map(i32::from))
+                .collect(),
+        ),
+        Array::texts(batch.iter().map(|c| c.event_id())),
     ];
-    strings(db, sql, values, "command_id").await
+    for array in outcomes {
+        array.add_to(&mut args)?;
+    }
+    add_model_arrays(&mut args, &deferred.links, LINK_COLUMNS)?;
+    add_model_arrays(&mut args, &deferred.history, HISTORY_COLUMNS)?;
+    add_model_arrays(&mut args, &deferred.outbox, OUTBOX_COLUMNS)?;
+    let leases = &deferred.leases;
+    let lease_arrays = [
+        Array::texts(leases.iter().map(|(tag, _)| Some(tag.as_str()))),
+        Array::texts(leases.iter().map(|(_, (lane, _))| Some(lane.as_str()))),
+        Array::texts(leases.iter().map(|(_, (_, owner))| Some(owner.as_str()))),
+    ];
+    for array in lease_arrays {
+        array.add_to(&mut args)?;
+    }
+
+    let pool = db.get_postgres_connection_pool();
+    let mut conn = pool.acquire().await.map_err(|e| match e {
+        sqlx::Error::PoolTimedOut => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+        sqlx::Error::PoolClosed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
+        e => DbErr::Conn(RuntimeErr::SqlxError(e.into())),
+    })?;
+    let query_err = |e: sqlx::Error| DbErr::Query(RuntimeErr::SqlxError(e.into()));
+    sqlx::query_with(commit_sql(), args)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(query_err)?
+        .iter()
+        .map(|row| row.try_get::<String, _>("command_id").map_err(query_err))
+        .collect()
 }
 
 #[cfg(test)]

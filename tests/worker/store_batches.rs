@@ -4,7 +4,7 @@
 use chrono::Utc;
 use entity::{group_lease, history, outbox};
 use invite_worker::{
-    backend::{InviteCode, Link},
+    backend::{BackendError, ErrorKind, InviteCode, Link},
     command::{Command, CommandId, CommandType, GroupId, GroupIdStyle, SessionId},
     events::{ExpirySource, OutboxMessage},
     store::{
@@ -23,6 +23,7 @@ use crate::{
 on_both_databases!(
     batched_receipts_attempts_leases_and_reads_answer_each_request,
     a_batch_commit_writes_fresh_outcomes_only_and_keeps_their_order,
+    a_failed_outcome_keeps_its_error_and_a_rotated_one_in_the_same_batch_its_link,
     begin_records_each_command_and_takes_only_free_leases,
     a_first_attempt_records_the_stored_code_and_returns_the_link,
     begin_records_the_first_attempt_of_new_leased_commands_on_postgres,
@@ -256,6 +257,81 @@ async fn a_batch_commit_writes_fresh_outcomes_only_and_keeps_their_order(db: Db)
         ["la"],
         "b's lease is released, a's retaken lease is not"
     );
+    store.close().await;
+}
+
+/// A failure (error kind, text with a NUL, HTTP status; no link, no new code) and a
+/// rotation in one batch: each row gets its own values, NULLs included.
+async fn a_failed_outcome_keeps_its_error_and_a_rotated_one_in_the_same_batch_its_link(db: Db) {
+    let on_postgres = matches!(db, Db::Postgres);
+    let env = TestEnv::new(db).await;
+    let store = store(&env).await;
+    let (a, b) = (command(1), command(2));
+    store
+        .inbox_begin_many(&[a.clone(), b.clone()])
+        .await
+        .unwrap();
+    let mut failed = rotated(&a, "Unused", None);
+    failed.attempts = 3;
+    failed.external_change = None;
+    failed.outcome = Outcome::Failed(BackendError {
+        kind: ErrorKind::NotAdmin,
+        message: "not\0admin".into(),
+        http_status: Some(403),
+        retry_after: None,
+    });
+    failed.messages[0].headers.clear();
+    let ok = rotated(&b, "CodeB1", None);
+    assert_eq!(
+        store.commit_batch(&[&failed, &ok]).await.unwrap(),
+        [true, true]
+    );
+
+    let a_row = store.inbox_get(&a.id.to_string()).await.unwrap().unwrap();
+    assert_eq!(a_row.status, STATUS_DONE);
+    assert_eq!(a_row.outcome.as_deref(), Some("failed"));
+    assert_eq!(a_row.attempts, 3);
+    assert_eq!(a_row.new_code, None);
+    assert_eq!(a_row.error_kind.as_deref(), Some("not_admin"));
+    assert_eq!(a_row.http_status, Some(403));
+    let message = a_row.error_message.expect("an error message");
+    if on_postgres {
+        assert_eq!(
+            message, "not\u{FFFD}admin",
+            "PostgreSQL text cannot hold NUL"
+        );
+    } else {
+        assert!(message.starts_with("not"), "{message:?}");
+    }
+    assert!(
+        store.link_get(&GroupKey::of(&a)).await.unwrap().is_none(),
+        "a failure on an untracked group writes no link"
+    );
+    let b_row = store.inbox_get(&b.id.to_string()).await.unwrap().unwrap();
+    assert_eq!(b_row.outcome.as_deref(), Some("rotated"));
+    assert_eq!((b_row.error_kind, b_row.http_status), (None, None));
+    let b_link = store.link_get(&GroupKey::of(&b)).await.unwrap().unwrap();
+    assert_eq!(b_link.invite_code.as_deref(), Some("CodeB1"));
+
+    let db = store.connection();
+    let a_history = history::Entity::find()
+        .filter(history::Column::GroupId.eq(a.group.as_str()))
+        .all(db)
+        .await
+        .unwrap();
+    assert_eq!(a_history.len(), 1);
+    assert_eq!(a_history[0].outcome, "failed");
+    assert_eq!(a_history[0].error_kind.as_deref(), Some("not_admin"));
+    assert_eq!(a_history[0].attempts, 3);
+    let headers: Vec<Option<String>> = outbox::Entity::find()
+        .order_by_asc(outbox::Column::Id)
+        .all(db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.headers)
+        .collect();
+    assert_eq!(headers, [None, Some(r#"{"h":"v"}"#.to_string())]);
     store.close().await;
 }
 
