@@ -11,15 +11,15 @@
 //! through a `jsonb` object keyed by command id, built once per statement, and the
 //! links are read per row by index.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use entity::{command, link};
 use sea_orm::{
     ActiveModelTrait, ActiveValue, ConnAcquireErr, ConnectionTrait, DatabaseConnection, DbBackend,
-    DbErr, EntityTrait, FromQueryResult, IdenStatic, Iterable, RuntimeErr, Statement, Value,
-    sea_query::value::sea_value_to_json_value,
-    sqlx::{self, Arguments, Row, postgres::PgArguments},
+    DbErr, EntityTrait, FromQueryResult, IdenStatic, Iterable, QueryResult, RuntimeErr, Statement,
+    Value,
+    sqlx::{self, Arguments, postgres::PgArguments},
 };
-use serde::{Serialize, Serializer, ser::SerializeMap};
+use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::{
@@ -60,61 +60,6 @@ impl JsonRows {
         self.0.push(b']');
         let text = String::from_utf8(self.0).map_err(|e| DbErr::Json(e.to_string()))?;
         Ok(Value::String(Some(text)))
-    }
-}
-
-/// The set columns of an active model as a JSON object keyed by column name (values as
-/// [`json_value`] writes them), followed by `extra` fields.
-struct ModelRow<'a, A> {
-    row: &'a A,
-    extra: &'a [(&'static str, &'a Json)],
-}
-
-impl<A: ActiveModelTrait> Serialize for ModelRow<'_, A> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(None)?;
-        for col in <<A::Entity as EntityTrait>::Column as Iterable>::iter() {
-            if let ActiveValue::Set(v) | ActiveValue::Unchanged(v) = self.row.get(col) {
-                map.serialize_entry(col.as_str(), &SqlValue(&v))?;
-            }
-        }
-        for (key, value) in self.extra {
-            map.serialize_entry(key, value)?;
-        }
-        map.end()
-    }
-}
-
-/// One column value, serialized as [`json_value`] converts it.
-struct SqlValue<'a>(&'a Value);
-
-impl Serialize for SqlValue<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Value::Bool(Some(b)) => s.serialize_bool(*b),
-            Value::Int(Some(n)) => s.serialize_i32(*n),
-            Value::BigInt(Some(n)) => s.serialize_i64(*n),
-            // PostgreSQL text cannot hold NUL (`jsonb` refuses its escape): provider
-            // error texts may carry one. Command fields are cleaned when parsed.
-            Value::String(Some(text)) if text.contains('\0') => {
-                s.serialize_str(&text.replace('\0', "\u{FFFD}"))
-            }
-            Value::String(Some(text)) => s.serialize_str(text),
-            Value::Bytes(Some(b)) => s.collect_str(&format_args!("\\x{}", hex::encode(b))),
-            Value::ChronoDateTimeUtc(Some(t)) => s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
-            other => json_value(other).serialize(s),
-        }
-    }
-}
-
-/// A column value as PostgreSQL's JSON-to-record conversion reads it.
-fn json_value(v: &Value) -> Json {
-    match v {
-        Value::Bytes(Some(b)) => Json::String(format!("\\x{}", hex::encode(b.as_slice()))),
-        Value::ChronoDateTimeUtc(Some(t)) => {
-            Json::String(t.to_rfc3339_opts(SecondsFormat::Micros, true))
-        }
-        other => sea_value_to_json_value(other),
     }
 }
 
@@ -185,35 +130,77 @@ fn prefixed_link_columns() -> &'static str {
     })
 }
 
+const COMMAND_COLUMNS: Columns = &[
+    ("command_id", Ty::Text),
+    ("command_type", Ty::Text),
+    ("backend", Ty::Text),
+    ("session_id", Ty::Text),
+    ("group_id", Ty::Text),
+    ("reason", Ty::Text),
+    ("requested_by", Ty::Text),
+    ("status", Ty::Text),
+    ("outcome", Ty::Text),
+    ("attempts", Ty::Int),
+    ("cycle", Ty::Int),
+    ("before_code", Ty::Text),
+    ("new_code", Ty::Text),
+    ("error_kind", Ty::Text),
+    ("error_message", Ty::Text),
+    ("http_status", Ty::Int),
+    ("event_id", Ty::Text),
+    ("received_at", Ty::Time),
+    ("updated_at", Ty::Time),
+    ("finished_at", Ty::Time),
+];
+
+/// The receipt's leading columns: the command (`_cmd`), its lane and whether to record
+/// its first attempt.
+const BEGIN_TAGS: Columns = &[
+    ("_cmd", Ty::Text),
+    ("_lane", Ty::Text),
+    ("_first", Ty::Bool),
+];
+
+/// The receipt's statement: `$1` the lanes, `$2` owner, `$3` lease until, `$4` now,
+/// `$5` executing, then the rows' arrays (see [`begin`]).
 fn begin_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
+        let rows = Params(5).unnest("r", BEGIN_TAGS, COMMAND_COLUMNS, false);
+        // A first attempt is recorded as executing, attempt 1, replacing the stored code.
+        let values = COMMAND_COLUMNS
+            .iter()
+            .map(|(name, _)| match *name {
+                "status" => "CASE WHEN v.first THEN $5 ELSE v.status END".to_owned(),
+                "attempts" => "CASE WHEN v.first THEN 1 ELSE v.attempts END".to_owned(),
+                "before_code" => {
+                    "CASE WHEN v.first THEN (v.link).invite_code ELSE v.before_code END".to_owned()
+                }
+                name => format!("v.{name}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         format!(
             "WITH lease AS (INSERT INTO group_leases (lane, owner, lease_until) \
-               SELECT DISTINCT e #>> '{{}}', $3, $4 FROM jsonb_array_elements($2::jsonb) e \
+               SELECT DISTINCT l, $2, $3 FROM unnest($1::text[]) l \
                ON CONFLICT (lane) DO UPDATE SET owner = excluded.owner, \
                lease_until = excluded.lease_until \
-               WHERE group_leases.owner = excluded.owner OR group_leases.lease_until < $5 \
+               WHERE group_leases.owner = excluded.owner OR group_leases.lease_until < $4 \
                RETURNING lane), \
-             x AS (SELECT e, e->>'command_id' AS cid, \
-               coalesce((e->>'_first')::boolean, false) \
-                 AND (e->>'_lane') IN (SELECT lane FROM lease) AS first \
-               FROM jsonb_array_elements($1::jsonb) e), \
-             v AS (SELECT x.cid, x.first, lk.link, jsonb_populate_record(NULL::commands, \
-                 CASE WHEN x.first THEN x.e || jsonb_build_object('status', $6::text, \
-                   'attempts', 1, 'before_code', (lk.link).invite_code) ELSE x.e END) AS rec \
-               FROM x LEFT JOIN LATERAL (SELECT l AS link FROM links l \
-                 WHERE x.first AND l.backend = x.e->>'backend' \
-                   AND l.session_id = x.e->>'session_id' AND l.group_id = x.e->>'group_id' \
+             x AS (SELECT r.*, coalesce(r._first, false) \
+                 AND r._lane IN (SELECT lane FROM lease) AS first FROM {rows}), \
+             v AS (SELECT x.*, lk.link FROM x LEFT JOIN LATERAL (SELECT l AS link FROM links l \
+                 WHERE x.first AND l.backend = x.backend \
+                   AND l.session_id = x.session_id AND l.group_id = x.group_id \
                  FOR SHARE OF l) lk ON true), \
-             ins AS (INSERT INTO commands SELECT (v.rec).* FROM v \
+             ins AS (INSERT INTO commands ({columns}) SELECT {values} FROM v \
                ON CONFLICT (command_id) DO NOTHING RETURNING *), \
              found AS (SELECT ins.*, true AS fresh FROM ins UNION ALL \
                SELECT c.*, false FROM v CROSS JOIN LATERAL \
-                 (SELECT * FROM commands c WHERE c.command_id = v.cid) c \
-               WHERE v.cid NOT IN (SELECT command_id FROM ins)), \
-             m AS (SELECT jsonb_object_agg(cid, first) AS firsts, \
-               jsonb_object_agg(cid, to_jsonb(link)) FILTER (WHERE (link).id IS NOT NULL) \
+                 (SELECT * FROM commands c WHERE c.command_id = v._cmd) c \
+               WHERE v._cmd NOT IN (SELECT command_id FROM ins)), \
+             m AS (SELECT jsonb_object_agg(_cmd, first) AS firsts, \
+               jsonb_object_agg(_cmd, to_jsonb(link)) FILTER (WHERE (link).id IS NOT NULL) \
                  AS links FROM v) \
              SELECT found.*, \
                found.fresh AND coalesce((m.firsts ->> found.command_id)::boolean, false) \
@@ -222,6 +209,7 @@ fn begin_sql() -> &'static str {
              FROM found CROSS JOIN m \
              LEFT JOIN LATERAL jsonb_populate_record(NULL::links, m.links -> found.command_id) l \
                ON true",
+            columns = column_list(COMMAND_COLUMNS, ""),
             link = prefixed_link_columns()
         )
     })
@@ -238,8 +226,8 @@ fn begin_sql() -> &'static str {
 /// the command is then treated as untracked (its current link is read from the
 /// provider). Rows inserted by a concurrent transaction not yet visible are missing from
 /// the answer (the caller reads them again).
-pub(super) async fn begin<C: ConnectionTrait>(
-    db: &C,
+pub(super) async fn begin(
+    db: &DatabaseConnection,
     rows: &[BeginRow],
     lanes: &[&String],
     owner: &str,
@@ -247,23 +235,24 @@ pub(super) async fn begin<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<(Vec<Begun>, Vec<String>), DbErr> {
     // `leased` is left false: the caller matches the lanes taken.
-    let mut params = JsonRows::new();
-    for r in rows {
-        let (lane, first) = (Json::String(r.lane.clone()), Json::Bool(r.first_attempt));
-        params.push(&ModelRow {
-            row: &r.row,
-            extra: &[("_lane", &lane), ("_first", &first)],
-        })?;
-    }
-    let values = vec![
-        params.param()?,
-        JsonRows::collect(lanes)?,
-        owner.into(),
-        ts(until),
-        ts(now),
-        STATUS_EXECUTING.into(),
-    ];
-    let result = db.query_all_raw(stmt(begin_sql(), values)).await?;
+    let mut args = Args::default();
+    args.array(Array::texts(lanes.iter().map(|l| Some(l.as_str()))))?;
+    args.scalar(owner)?;
+    args.scalar(until)?;
+    args.scalar(now)?;
+    args.scalar(STATUS_EXECUTING)?;
+    let models: Vec<_> = rows.iter().map(|r| &r.row).collect();
+    let ids = models.iter().map(|m| match &m.command_id {
+        ActiveValue::Set(id) | ActiveValue::Unchanged(id) => Some(id.as_str()),
+        ActiveValue::NotSet => None,
+    });
+    args.array(Array::texts(ids))?;
+    args.array(Array::texts(rows.iter().map(|r| Some(r.lane.as_str()))))?;
+    args.array(Array::Bool(
+        rows.iter().map(|r| Some(r.first_attempt)).collect(),
+    ))?;
+    args.columns(&models, COMMAND_COLUMNS)?;
+    let result = args.fetch_all(db, begin_sql()).await?;
     let mut taken = Vec::new();
     if let Some(first) = result.first() {
         let lanes: Json = first.try_get("", "taken_lanes")?;
@@ -403,8 +392,21 @@ pub(super) async fn first_attempts<C: ConnectionTrait>(
 enum Ty {
     Text,
     Int,
+    Bool,
     Time,
     Bytes,
+}
+
+impl Ty {
+    fn array(self) -> &'static str {
+        match self {
+            Ty::Text => "text[]",
+            Ty::Int => "int4[]",
+            Ty::Bool => "bool[]",
+            Ty::Time => "timestamptz[]",
+            Ty::Bytes => "bytea[]",
+        }
+    }
 }
 
 /// One column of a batch's rows, bound as a typed array: the values travel in binary
@@ -413,6 +415,7 @@ enum Ty {
 enum Array {
     Text(Vec<Option<String>>),
     Int(Vec<Option<i32>>),
+    Bool(Vec<Option<bool>>),
     Time(Vec<Option<DateTime<Utc>>>),
     Bytes(Vec<Option<Vec<u8>>>),
 }
@@ -422,6 +425,7 @@ impl Array {
         match ty {
             Ty::Text => Self::Text(Vec::new()),
             Ty::Int => Self::Int(Vec::new()),
+            Ty::Bool => Self::Bool(Vec::new()),
             Ty::Time => Self::Time(Vec::new()),
             Ty::Bytes => Self::Bytes(Vec::new()),
         }
@@ -436,10 +440,12 @@ impl Array {
         match (self, value) {
             (Self::Text(a), None) => a.push(None),
             (Self::Int(a), None) => a.push(None),
+            (Self::Bool(a), None) => a.push(None),
             (Self::Time(a), None) => a.push(None),
             (Self::Bytes(a), None) => a.push(None),
             (Self::Text(a), Some(Value::String(v))) => a.push(v.map(clean_text)),
             (Self::Int(a), Some(Value::Int(v))) => a.push(v),
+            (Self::Bool(a), Some(Value::Bool(v))) => a.push(v),
             (Self::Time(a), Some(Value::ChronoDateTimeUtc(v))) => a.push(v),
             (Self::Bytes(a), Some(Value::Bytes(v))) => a.push(v),
             (_, Some(other)) => {
@@ -449,16 +455,6 @@ impl Array {
             }
         }
         Ok(())
-    }
-
-    fn add_to(self, args: &mut PgArguments) -> Result<(), DbErr> {
-        let added = match self {
-            Self::Text(a) => args.add(a),
-            Self::Int(a) => args.add(a),
-            Self::Time(a) => args.add(a),
-            Self::Bytes(a) => args.add(a),
-        };
-        added.map_err(|e| DbErr::Type(e.to_string()))
     }
 }
 
@@ -475,6 +471,120 @@ fn clean_text<S: Into<String>>(text: S) -> String {
 
 /// The columns a statement reads from one table's rows, in order.
 type Columns = &'static [(&'static str, Ty)];
+
+fn column_list(columns: Columns, prefix: &str) -> String {
+    columns
+        .iter()
+        .map(|(name, _)| format!("{prefix}{name}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Numbers the parameters of a statement as its text is built.
+struct Params(usize);
+
+impl Params {
+    /// `unnest($a::t[], ...) [WITH ORDINALITY] AS alias(tags..., columns..., [n])`: the
+    /// rows of one table, each led by its `tags` (the command it belongs to, ...).
+    fn unnest(&mut self, alias: &str, tags: Columns, columns: Columns, ordinality: bool) -> String {
+        let all = || tags.iter().chain(columns);
+        let arrays: Vec<String> = all()
+            .map(|(_, ty)| {
+                self.0 += 1;
+                format!("${}::{}", self.0, ty.array())
+            })
+            .collect();
+        let mut names: Vec<&str> = all().map(|(name, _)| *name).collect();
+        if ordinality {
+            names.push("n");
+        }
+        format!(
+            "unnest({}){} AS {alias}({})",
+            arrays.join(", "),
+            if ordinality { " WITH ORDINALITY" } else { "" },
+            names.join(", ")
+        )
+    }
+}
+
+/// The parameters of one statement, in order, bound in binary through sqlx (sea-orm's
+/// values cannot carry an array with NULL elements).
+#[derive(Default)]
+struct Args(PgArguments);
+
+impl Args {
+    fn scalar<'q, T>(&mut self, value: T) -> Result<(), DbErr>
+    where
+        T: sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + 'q,
+    {
+        self.0.add(value).map_err(|e| DbErr::Type(e.to_string()))
+    }
+
+    fn array(&mut self, array: Array) -> Result<(), DbErr> {
+        match array {
+            Array::Text(a) => self.scalar(a),
+            Array::Int(a) => self.scalar(a),
+            Array::Bool(a) => self.scalar(a),
+            Array::Time(a) => self.scalar(a),
+            Array::Bytes(a) => self.scalar(a),
+        }
+    }
+
+    /// One array per column of `columns`, from the models' values.
+    fn columns<A: ActiveModelTrait>(&mut self, rows: &[&A], columns: Columns) -> Result<(), DbErr> {
+        for (name, ty) in columns {
+            let column = <<A::Entity as EntityTrait>::Column as Iterable>::iter()
+                .find(|c| c.as_str() == *name)
+                .ok_or_else(|| DbErr::Custom(format!("no column {name}")))?;
+            let mut array = Array::new(*ty);
+            for row in rows {
+                let value = match row.get(column) {
+                    ActiveValue::Set(v) | ActiveValue::Unchanged(v) => Some(v),
+                    ActiveValue::NotSet => None,
+                };
+                array.push(name, value)?;
+            }
+            self.array(array)?;
+        }
+        Ok(())
+    }
+
+    /// The rows' command tags (`_cmd`), then their columns.
+    fn tagged<A: ActiveModelTrait>(
+        &mut self,
+        rows: &[(String, A)],
+        columns: Columns,
+    ) -> Result<(), DbErr> {
+        self.array(Array::texts(rows.iter().map(|(tag, _)| Some(tag.as_str()))))?;
+        let models: Vec<&A> = rows.iter().map(|(_, row)| row).collect();
+        self.columns(&models, columns)
+    }
+
+    /// Runs `sql` with these parameters on a connection of `db`'s pool, mapping errors as
+    /// sea-orm does (so that connection problems are told apart from the others).
+    async fn fetch_all(
+        self,
+        db: &DatabaseConnection,
+        sql: &'static str,
+    ) -> Result<Vec<QueryResult>, DbErr> {
+        let mut conn = db
+            .get_postgres_connection_pool()
+            .acquire()
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::PoolTimedOut => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+                sqlx::Error::PoolClosed => {
+                    DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed)
+                }
+                e => DbErr::Conn(RuntimeErr::SqlxError(e.into())),
+            })?;
+        let rows = sqlx::query_with(sql, self.0)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| DbErr::Query(RuntimeErr::SqlxError(e.into())))?;
+        Ok(rows.into_iter().map(QueryResult::from).collect())
+    }
+}
 
 const LINK_COLUMNS: Columns = &[
     ("backend", Ty::Text),
@@ -518,7 +628,7 @@ const OUTBOX_COLUMNS: Columns = &[
     ("created_at", Ty::Time),
 ];
 
-/// The outcomes' `_cmd` is the command id itself.
+/// A command's outcome (its `_cmd` is the command id).
 const OUTCOME_COLUMNS: Columns = &[
     ("outcome", Ty::Text),
     ("attempts", Ty::Int),
@@ -531,65 +641,8 @@ const OUTCOME_COLUMNS: Columns = &[
 
 const LEASE_COLUMNS: Columns = &[("lane", Ty::Text), ("owner", Ty::Text)];
 
-/// Numbers the parameters of a statement as its text is built.
-struct Params(usize);
-
-impl Params {
-    /// `unnest($a::t[], ...) [WITH ORDINALITY] AS alias(_cmd, columns..., [n])`: the rows
-    /// of one table, each tagged with its command (`_cmd`).
-    fn unnest(&mut self, alias: &str, columns: Columns, ordinality: bool) -> String {
-        let mut arrays = vec![self.next("text[]")];
-        let mut names = vec!["_cmd"];
-        for (name, ty) in columns {
-            let ty = match ty {
-                Ty::Text => "text[]",
-                Ty::Int => "int4[]",
-                Ty::Time => "timestamptz[]",
-                Ty::Bytes => "bytea[]",
-            };
-            arrays.push(self.next(ty));
-            names.push(name);
-        }
-        if ordinality {
-            names.push("n");
-        }
-        format!(
-            "unnest({}){} AS {alias}({})",
-            arrays.join(", "),
-            if ordinality { " WITH ORDINALITY" } else { "" },
-            names.join(", ")
-        )
-    }
-
-    fn next(&mut self, ty: &str) -> String {
-        self.0 += 1;
-        format!("${}::{ty}", self.0)
-    }
-}
-
-/// The arrays of `rows` (tagged with their commands) for `columns`, appended to `args`.
-fn add_model_arrays<A: ActiveModelTrait>(
-    args: &mut PgArguments,
-    rows: &[(String, A)],
-    columns: Columns,
-) -> Result<(), DbErr> {
-    Array::texts(rows.iter().map(|(tag, _)| Some(tag.as_str()))).add_to(args)?;
-    for (name, ty) in columns {
-        let column = <<A::Entity as EntityTrait>::Column as Iterable>::iter()
-            .find(|c| c.as_str() == *name)
-            .ok_or_else(|| DbErr::Custom(format!("no column {name}")))?;
-        let mut array = Array::new(*ty);
-        for (_, row) in rows {
-            let value = match row.get(column) {
-                ActiveValue::Set(v) | ActiveValue::Unchanged(v) => Some(v),
-                ActiveValue::NotSet => None,
-            };
-            array.push(name, value)?;
-        }
-        array.add_to(args)?;
-    }
-    Ok(())
-}
+/// Rows tagged with the command they belong to.
+const TAG: Columns = &[("_cmd", Ty::Text)];
 
 /// The group commit's statement: `$1` done, `$2` now, `$3` a released lease's time, then
 /// the outcomes, links, history, outbox and lease arrays (see [`commit`]).
@@ -597,18 +650,11 @@ fn commit_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
         let mut p = Params(3);
-        let outcomes = p.unnest("v", OUTCOME_COLUMNS, false);
-        let links = p.unnest("r", LINK_COLUMNS, false);
-        let history = p.unnest("r", HISTORY_COLUMNS, true);
-        let outbox = p.unnest("r", OUTBOX_COLUMNS, true);
-        let leases = p.unnest("e", LEASE_COLUMNS, false);
-        let list = |columns: Columns, prefix: &str| {
-            columns
-                .iter()
-                .map(|(name, _)| format!("{prefix}{name}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let outcomes = p.unnest("v", TAG, OUTCOME_COLUMNS, false);
+        let links = p.unnest("r", TAG, LINK_COLUMNS, false);
+        let history = p.unnest("r", TAG, HISTORY_COLUMNS, true);
+        let outbox = p.unnest("r", TAG, OUTBOX_COLUMNS, true);
+        let leases = p.unnest("e", TAG, LEASE_COLUMNS, false);
         let updates = LINK_COLUMNS[3..]
             .iter()
             .map(|(name, _)| format!("{name} = excluded.{name}"))
@@ -634,12 +680,12 @@ fn commit_sql() -> &'static str {
              rel AS (UPDATE group_leases g SET lease_until = $3 FROM {leases} \
                WHERE g.lane = e.lane AND g.owner = e.owner AND (SELECT m FROM ids) ? e._cmd) \
              SELECT command_id FROM done",
-            link_cols = list(LINK_COLUMNS, ""),
-            link_vals = list(LINK_COLUMNS, "r."),
-            hist_cols = list(HISTORY_COLUMNS, ""),
-            hist_vals = list(HISTORY_COLUMNS, "r."),
-            box_cols = list(OUTBOX_COLUMNS, ""),
-            box_vals = list(OUTBOX_COLUMNS, "r."),
+            link_cols = column_list(LINK_COLUMNS, ""),
+            link_vals = column_list(LINK_COLUMNS, "r."),
+            hist_cols = column_list(HISTORY_COLUMNS, ""),
+            hist_vals = column_list(HISTORY_COLUMNS, "r."),
+            box_cols = column_list(OUTBOX_COLUMNS, ""),
+            box_vals = column_list(OUTBOX_COLUMNS, "r."),
         )
     })
 }
@@ -647,10 +693,6 @@ fn commit_sql() -> &'static str {
 /// The group commit as one statement: marks the commands done (skipping any already
 /// done) and, for those only, upserts their links, appends history and outbox rows (in
 /// order) and releases their leases. Returns the ids written.
-///
-/// Its rows are bound as typed arrays through sqlx (sea-orm's values cannot carry an
-/// array with NULL elements): the JSON parameters it took before cost PostgreSQL more to
-/// read than the rows cost to write (the payload alone was twice its size in hex).
 pub(super) async fn commit(
     db: &DatabaseConnection,
     batch: &[&Completion],
@@ -660,11 +702,10 @@ pub(super) async fn commit(
     for c in batch {
         stage_completion(c, &mut deferred, t);
     }
-    let type_err = |e: sqlx::error::BoxDynError| DbErr::Type(e.to_string());
-    let mut args = PgArguments::default();
-    args.add(STATUS_DONE).map_err(type_err)?;
-    args.add(t).map_err(type_err)?;
-    args.add(super::RELEASED).map_err(type_err)?;
+    let mut args = Args::default();
+    args.scalar(STATUS_DONE)?;
+    args.scalar(t)?;
+    args.scalar(super::RELEASED)?;
     let errors: Vec<_> = batch.iter().map(|c| c.error()).collect();
     let outcomes = [
         Array::texts(batch.iter().map(|c| Some(c.cmd.id.to_string()))),
@@ -682,78 +723,80 @@ pub(super) async fn commit(
         Array::texts(batch.iter().map(|c| c.event_id())),
     ];
     for array in outcomes {
-        array.add_to(&mut args)?;
+        args.array(array)?;
     }
-    add_model_arrays(&mut args, &deferred.links, LINK_COLUMNS)?;
-    add_model_arrays(&mut args, &deferred.history, HISTORY_COLUMNS)?;
-    add_model_arrays(&mut args, &deferred.outbox, OUTBOX_COLUMNS)?;
+    args.tagged(&deferred.links, LINK_COLUMNS)?;
+    args.tagged(&deferred.history, HISTORY_COLUMNS)?;
+    args.tagged(&deferred.outbox, OUTBOX_COLUMNS)?;
     let leases = &deferred.leases;
-    let lease_arrays = [
-        Array::texts(leases.iter().map(|(tag, _)| Some(tag.as_str()))),
-        Array::texts(leases.iter().map(|(_, (lane, _))| Some(lane.as_str()))),
-        Array::texts(leases.iter().map(|(_, (_, owner))| Some(owner.as_str()))),
-    ];
-    for array in lease_arrays {
-        array.add_to(&mut args)?;
-    }
-
-    let pool = db.get_postgres_connection_pool();
-    let mut conn = pool.acquire().await.map_err(|e| match e {
-        sqlx::Error::PoolTimedOut => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
-        sqlx::Error::PoolClosed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
-        e => DbErr::Conn(RuntimeErr::SqlxError(e.into())),
-    })?;
-    let query_err = |e: sqlx::Error| DbErr::Query(RuntimeErr::SqlxError(e.into()));
-    sqlx::query_with(commit_sql(), args)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(query_err)?
+    args.array(Array::texts(
+        leases.iter().map(|(tag, _)| Some(tag.as_str())),
+    ))?;
+    args.array(Array::texts(
+        leases.iter().map(|(_, (lane, _))| Some(lane.as_str())),
+    ))?;
+    args.array(Array::texts(
+        leases.iter().map(|(_, (_, owner))| Some(owner.as_str())),
+    ))?;
+    args.fetch_all(db, commit_sql())
+        .await?
         .iter()
-        .map(|row| row.try_get::<String, _>("command_id").map_err(query_err))
+        .map(|row| row.try_get::<String>("", "command_id"))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
-    use sea_orm::Set;
 
     #[test]
-    fn a_model_row_is_written_as_postgresql_reads_it() {
-        let t = Utc.with_ymd_and_hms(2026, 11, 23, 1, 2, 3).unwrap()
-            + chrono::Duration::microseconds(450);
-        let row = entity::outbox::ActiveModel {
-            id: Set(7),
-            exchange: Set("x \"q\"".into()),
-            routing_key: Set("k".into()),
-            message_id: Set(None),
-            payload: Set(vec![0xff, 0x00, b'{']),
-            created_at: Set(t),
-            ..Default::default()
-        };
-        let tag = Json::String("cmd-1".into());
-        let mut rows = JsonRows::new();
-        rows.push(&ModelRow {
-            row: &row,
-            extra: &[("_cmd", &tag)],
-        })
-        .unwrap();
-        let Value::String(Some(text)) = rows.param().unwrap() else {
-            panic!("a text parameter")
-        };
-        let got: Json = serde_json::from_str(&text).unwrap();
+    fn unnest_numbers_each_column_array_after_the_previous_ones() {
+        let mut p = Params(3);
+        let first = p.unnest("r", TAG, &[("a", Ty::Int), ("b", Ty::Bytes)], true);
+        let second = p.unnest("e", TAG, &[("c", Ty::Time)], false);
         assert_eq!(
-            got,
-            serde_json::json!([{
-                "id": 7,
-                "exchange": "x \"q\"",
-                "routing_key": "k",
-                "message_id": null,
-                "payload": "\\xff007b",
-                "created_at": "2026-11-23T01:02:03.000450Z",
-                "_cmd": "cmd-1",
-            }])
+            first,
+            "unnest($4::text[], $5::int4[], $6::bytea[]) WITH ORDINALITY AS r(_cmd, a, b, n)"
         );
+        assert_eq!(
+            second,
+            "unnest($7::text[], $8::timestamptz[]) AS e(_cmd, c)"
+        );
+    }
+
+    #[test]
+    fn an_array_takes_its_own_type_and_nulls_and_refuses_another() {
+        let mut texts = Array::new(Ty::Text);
+        texts
+            .push("t", Some(Value::String(Some("a\0b".into()))))
+            .unwrap();
+        texts.push("t", Some(Value::String(None))).unwrap();
+        texts.push("t", None).unwrap();
+        let Array::Text(values) = &texts else {
+            panic!("a text array")
+        };
+        assert_eq!(values, &[Some("a\u{FFFD}b".to_owned()), None, None]);
+        let err = texts.push("t", Some(Value::Int(Some(1)))).unwrap_err();
+        assert!(err.to_string().contains("column t"), "{err}");
+    }
+
+    #[test]
+    fn the_statements_name_every_column_they_bind() {
+        // One parameter per array: the last placeholder is the number of values bound.
+        let commit_params = 3 + [
+            OUTCOME_COLUMNS,
+            LINK_COLUMNS,
+            HISTORY_COLUMNS,
+            OUTBOX_COLUMNS,
+            LEASE_COLUMNS,
+        ]
+        .iter()
+        .map(|c| c.len() + 1)
+        .sum::<usize>();
+        assert!(commit_sql().contains(&format!("${commit_params}::")));
+        assert!(!commit_sql().contains(&format!("${}::", commit_params + 1)));
+        let begin_params = 5 + BEGIN_TAGS.len() + COMMAND_COLUMNS.len();
+        assert!(begin_sql().contains(&format!("${begin_params}::")));
+        assert!(!begin_sql().contains(&format!("${}::", begin_params + 1)));
     }
 }
