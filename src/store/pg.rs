@@ -205,7 +205,9 @@ fn begin_sql() -> &'static str {
              SELECT found.*, \
                found.fresh AND coalesce((m.firsts ->> found.command_id)::boolean, false) \
                  AS first_recorded, {link}, \
-               (SELECT coalesce(jsonb_agg(lane), '[]'::jsonb) FROM lease) AS taken_lanes \
+               CASE WHEN row_number() OVER () = 1 \
+                 THEN (SELECT coalesce(jsonb_agg(lane), '[]'::jsonb) FROM lease) END \
+                 AS taken_lanes \
              FROM found CROSS JOIN m \
              LEFT JOIN LATERAL jsonb_populate_record(NULL::links, m.links -> found.command_id) l \
                ON true",
@@ -255,6 +257,8 @@ pub(super) async fn begin(
     let result = args.fetch_all(db, begin_sql()).await?;
     let mut taken = Vec::new();
     if let Some(first) = result.first() {
+        // Only the first row carries them (a copy in every row made the answer grow
+        // with the square of the batch).
         let lanes: Json = first.try_get("", "taken_lanes")?;
         taken = serde_json::from_value(lanes).map_err(|e| DbErr::Json(e.to_string()))?;
     }
