@@ -1114,9 +1114,17 @@ impl Store {
             return self.unclaim(&unsent).await;
         };
         if !sent.is_empty() {
-            let deleted = outbox::Entity::delete_many()
-                .filter(outbox::Column::Id.is_in(sent.iter().copied()))
-                .exec(&txn)
+            // One statement text for any number of ids (an IN list with a placeholder
+            // per id made each batch length a statement of its own to parse and plan).
+            let ids = serde_json::to_string(sent).map_err(|e| DbErr::Json(e.to_string()))?;
+            let sql = "DELETE FROM outbox WHERE id = ANY (ARRAY( \
+                       SELECT jsonb_array_elements_text($1::jsonb)::bigint))";
+            let deleted = txn
+                .execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    sql,
+                    [ids.into()],
+                ))
                 .await;
             if let Err(e) = deleted {
                 // Released now (not when the connection is next used): the rows are
