@@ -2,8 +2,8 @@
 //! number does not depend on the batch size, so its SQL text is the same for any batch
 //! (prepared once per connection) and a whole batch costs one round trip. The outcome
 //! commit is a single statement of data-modifying CTEs (one round trip and one
-//! synchronous commit per batch) and takes its rows as typed arrays, one per column,
-//! sent in binary; the other statements take one JSON parameter.
+//! synchronous commit per batch). The receipt and the commit take their rows as typed
+//! arrays, one per column, sent in binary; the rarer statements one JSON parameter.
 //!
 //! Hash and merge joins are off in these sessions (see `Store::connect`), so a join
 //! between two CTEs would be a nested loop over both, quadratic in the batch (at 128 rows
@@ -802,5 +802,31 @@ mod tests {
         let begin_params = 5 + BEGIN_TAGS.len() + COMMAND_COLUMNS.len();
         assert!(begin_sql().contains(&format!("${begin_params}::")));
         assert!(!begin_sql().contains(&format!("${}::", begin_params + 1)));
+    }
+
+    /// Every column a statement binds exists in its table's entity, and the receipt
+    /// inserts every column of `commands` (a column left out would silently take its
+    /// default).
+    #[test]
+    fn the_column_lists_match_the_entities() {
+        fn names<E: EntityTrait>() -> Vec<String> {
+            <E::Column as Iterable>::iter()
+                .map(|c| c.as_str().to_owned())
+                .collect()
+        }
+        let listed = |columns: Columns| -> Vec<String> {
+            columns.iter().map(|(n, _)| (*n).to_owned()).collect()
+        };
+        assert_eq!(listed(COMMAND_COLUMNS), names::<command::Entity>());
+        for (columns, entity) in [
+            (LINK_COLUMNS, names::<link::Entity>()),
+            (HISTORY_COLUMNS, names::<entity::history::Entity>()),
+            (OUTBOX_COLUMNS, names::<entity::outbox::Entity>()),
+            (OUTCOME_COLUMNS, names::<command::Entity>()),
+        ] {
+            for name in listed(columns) {
+                assert!(entity.contains(&name), "{name} is not a column");
+            }
+        }
     }
 }
