@@ -18,7 +18,7 @@ pub const MAX_BACKEND_CHARS: usize = 64;
 
 /// Free text as the store can hold it: PostgreSQL text cannot contain NUL (U+0000),
 /// so each is replaced by U+FFFD, in the store and in events alike.
-fn storable(s: String) -> String {
+pub(crate) fn storable(s: String) -> String {
     if s.contains('\0') {
         s.replace('\0', "\u{FFFD}")
     } else {

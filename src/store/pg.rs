@@ -22,6 +22,8 @@ use sea_orm::{
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::command::storable;
+
 use super::{
     Attempt, Begun, Completion, Deferred, FirstAttempt, GroupKey, STATUS_DONE, STATUS_EXECUTING,
     stage_completion,
@@ -244,10 +246,7 @@ pub(super) async fn begin(
     args.scalar(now)?;
     args.scalar(STATUS_EXECUTING)?;
     let models: Vec<_> = rows.iter().map(|r| &r.row).collect();
-    let ids = models.iter().map(|m| match &m.command_id {
-        ActiveValue::Set(id) | ActiveValue::Unchanged(id) => Some(id.as_str()),
-        ActiveValue::NotSet => None,
-    });
+    let ids = models.iter().map(|m| m.command_id.try_as_ref());
     args.array(Array::texts(ids))?;
     args.array(Array::texts(rows.iter().map(|r| Some(r.lane.as_str()))))?;
     args.array(Array::Bool(
@@ -436,7 +435,12 @@ impl Array {
     }
 
     fn texts<S: Into<String>>(values: impl IntoIterator<Item = Option<S>>) -> Self {
-        Self::Text(values.into_iter().map(|v| v.map(clean_text)).collect())
+        Self::Text(
+            values
+                .into_iter()
+                .map(|v| v.map(|s| storable(s.into())))
+                .collect(),
+        )
     }
 
     /// Appends `value`, which must be of the array's type (a value not set is NULL).
@@ -447,7 +451,8 @@ impl Array {
             (Self::Bool(a), None) => a.push(None),
             (Self::Time(a), None) => a.push(None),
             (Self::Bytes(a), None) => a.push(None),
-            (Self::Text(a), Some(Value::String(v))) => a.push(v.map(clean_text)),
+            // Provider error texts may carry a NUL, which PostgreSQL text cannot hold.
+            (Self::Text(a), Some(Value::String(v))) => a.push(v.map(storable)),
             (Self::Int(a), Some(Value::Int(v))) => a.push(v),
             (Self::Bool(a), Some(Value::Bool(v))) => a.push(v),
             (Self::Time(a), Some(Value::ChronoDateTimeUtc(v))) => a.push(v),
@@ -459,17 +464,6 @@ impl Array {
             }
         }
         Ok(())
-    }
-}
-
-/// PostgreSQL text cannot hold NUL: provider error texts may carry one (command fields
-/// are cleaned when parsed).
-fn clean_text<S: Into<String>>(text: S) -> String {
-    let text = text.into();
-    if text.contains('\0') {
-        text.replace('\0', "\u{FFFD}")
-    } else {
-        text
     }
 }
 
