@@ -636,20 +636,21 @@ fn print(reports: &[Report]) {
         "\n{:<66} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10} {:>8}  note",
         "scenario", "commands", "cmds/s", "steady/s", "p50 ms", "p99 ms", "peak RSS", "vs ceil"
     );
-    // The mean of the ceilings measured at that prefetch (before and after the worker
-    // runs: the machine's speed drifts within one run of the benchmark).
-    let ceiling = |prefetch| {
-        let runs: Vec<f64> = reports
-            .iter()
-            .filter(|r| r.name.starts_with("broker") && r.prefetch == prefetch)
-            .map(|r| r.per_sec)
-            .collect();
+    // The machine's speed drifts within one run of the benchmark: a worker run is
+    // compared with the ceilings at its prefetch measured just before and just after it
+    // (the mean of those that exist).
+    let is_ceiling = |r: &Report| r.name.starts_with("broker");
+    let ceiling = |i: usize, prefetch: Option<u16>| {
+        let same = |r: &&Report| is_ceiling(r) && r.prefetch == prefetch;
+        let before = reports[..i].iter().rev().find(same);
+        let after = reports[i + 1..].iter().find(same);
+        let runs: Vec<f64> = before.into_iter().chain(after).map(|r| r.per_sec).collect();
         (!runs.is_empty()).then(|| runs.iter().sum::<f64>() / runs.len() as f64)
     };
-    for r in reports {
+    for (i, r) in reports.iter().enumerate() {
         let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
-        let ratio = ceiling(r.prefetch)
-            .filter(|_| !r.name.starts_with("broker"))
+        let ratio = ceiling(i, r.prefetch)
+            .filter(|_| !is_ceiling(r))
             .map_or("-".into(), |c| format!("{:.0}%", 100.0 * r.per_sec / c));
         println!(
             "{:<66} {:>8} {:>8.0} {:>8} {:>9} {:>9} {:>10} {:>8}  {}",
@@ -757,6 +758,11 @@ async fn main() {
     }
     if !skip("backlog") {
         reports.push(backlog(backlog_n, 256).await);
+        if !skip("ceiling") {
+            let mut again = ceiling(n, 256).await;
+            again.name = format!("{} again, after the backlog", again.name);
+            reports.push(again);
+        }
     }
     if !reports.is_empty() {
         print(&reports);
