@@ -427,6 +427,13 @@ async fn ceiling(n: usize, prefetch: u16) -> Report {
     report
 }
 
+/// The ceiling measured again later in the run, named after what it follows.
+async fn ceiling_again(n: usize, prefetch: u16, after: &str) -> Report {
+    let mut again = ceiling(n, prefetch).await;
+    again.name = format!("{} again, after {after}", again.name);
+    again
+}
+
 fn latency_report(
     name: &str,
     n: usize,
@@ -713,9 +720,7 @@ async fn main() {
     }
     if !skip("ceiling") && !skip("postgres") {
         for prefetch in prefetches {
-            let mut again = ceiling(n, prefetch).await;
-            again.name = format!("{} again, after the worker runs", again.name);
-            reports.push(again);
+            reports.push(ceiling_again(n, prefetch, "the worker runs").await);
             print(&reports);
         }
     }
@@ -759,9 +764,7 @@ async fn main() {
     if !skip("backlog") {
         reports.push(backlog(backlog_n, 256).await);
         if !skip("ceiling") {
-            let mut again = ceiling(n, 256).await;
-            again.name = format!("{} again, after the backlog", again.name);
-            reports.push(again);
+            reports.push(ceiling_again(n, 256, "the backlog").await);
         }
     }
     if !reports.is_empty() {
