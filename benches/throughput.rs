@@ -8,7 +8,9 @@
 //! is its own.
 //!
 //! Environment: `BENCH_COMMANDS` (default 10000), `BENCH_BACKLOG` (default 100000),
-//! `BENCH_GROUPS` (default 2000), `BENCH_SKIP` (comma list of scenario names to skip).
+//! `BENCH_GROUPS` (default 2000), `BENCH_SKIP` (comma list of scenario names to skip),
+//! `BENCH_WORKER` (another worker build), `BENCH_CEILING_ACKS=folded` (a diagnostic: the
+//! ceiling folds its acks as the worker does, instead of acking each message).
 
 use std::{
     collections::HashMap,
@@ -19,6 +21,7 @@ use std::{
 
 use futures::StreamExt;
 use invite_worker::{
+    acks::Acks,
     amqp::{Topology, declare},
     config::QueueType,
 };
@@ -377,6 +380,10 @@ async fn ceiling(n: usize, prefetch: u16) -> Report {
         .await
         .unwrap();
     let events = topo.events_exchange();
+    // A diagnostic: the ceiling folding its acks as the worker does.
+    let folded = std::env::var("BENCH_CEILING_ACKS").is_ok_and(|v| v == "folded");
+    let (acks, acker) = Acks::start(consume_ch.clone());
+    let acker = tokio::spawn(acker);
     let relay = tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
         let mut handled = 0;
@@ -387,6 +394,8 @@ async fn ceiling(n: usize, prefetch: u16) -> Report {
             handled += 1;
             let ch = publish_ch.clone();
             let events = events.clone();
+            acks.delivered(d.delivery_tag);
+            let acks = acks.clone();
             tasks.spawn(async move {
                 let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
                 let body = serde_json::to_vec(&serde_json::json!({"command_id": v["command_id"]}))
@@ -402,10 +411,16 @@ async fn ceiling(n: usize, prefetch: u16) -> Report {
                 .unwrap()
                 .await
                 .unwrap();
-                d.ack(BasicAckOptions::default()).await.unwrap();
+                if folded {
+                    acks.settled(d.delivery_tag);
+                } else {
+                    d.ack(BasicAckOptions::default()).await.unwrap();
+                }
             });
         }
         while tasks.join_next().await.is_some() {}
+        drop(acks);
+        let _ = acker.await;
     });
     let start = Instant::now();
     let sent = publish_commands(&topo, n).await;

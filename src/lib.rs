@@ -1,6 +1,7 @@
 //! invite-worker: revokes and rotates WhatsApp group invite links on commands from
 //! RabbitMQ, with an inbox for exactly-once effects and an outbox for events.
 
+pub mod acks;
 pub mod amqp;
 pub mod backend;
 pub mod batch;

@@ -47,6 +47,8 @@ fn register_unlabelled() {
         "invite_worker_duplicates_total",
         "invite_worker_db_errors_total",
         "invite_worker_events_published_total",
+        "invite_worker_acks_total",
+        "invite_worker_ack_frames_total",
     ] {
         counter!(name).increment(0);
     }
@@ -126,6 +128,14 @@ fn describe() {
         "invite_worker_events_published_total",
         "Outbox messages confirmed by the broker"
     );
+    describe_counter!(
+        "invite_worker_acks_total",
+        "Command deliveries acknowledged"
+    );
+    describe_counter!(
+        "invite_worker_ack_frames_total",
+        "basic.ack frames sent for them (one multiple ack covers a run of deliveries)"
+    );
 }
 
 pub fn command_outcome(kind: Option<CommandType>, outcome: &'static str) {
@@ -188,6 +198,12 @@ pub fn outbox(pending: u64, oldest_age: Duration) {
 
 pub fn events_published(n: usize) {
     counter!("invite_worker_events_published_total").increment(n as u64);
+}
+
+/// One acker round: `frames` basic.ack frames for `deliveries` deliveries.
+pub fn ack_frames(frames: usize, deliveries: usize) {
+    counter!("invite_worker_ack_frames_total").increment(frames as u64);
+    counter!("invite_worker_acks_total").increment(deliveries as u64);
 }
 
 pub fn dead_lettered(kind: ErrorKind) {

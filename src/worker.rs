@@ -14,7 +14,7 @@ use std::{
 use futures::StreamExt;
 use lapin::{
     message::Delivery,
-    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
 use tokio::sync::{Notify, Semaphore};
@@ -22,6 +22,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    acks::Acks,
     amqp::{Broker, Publisher, Topology, retry_tier},
     backend,
     config::Settings,
@@ -289,6 +290,10 @@ impl Worker {
                 }
             };
             backoff = infra_backoff();
+            // This channel's acker; it finishes (tracked with the commands) once the
+            // last delivery of the channel is settled.
+            let (acks, acker) = Acks::start(ch.clone());
+            in_flight.spawn(acker);
             self.health.consuming.store(true, Ordering::Relaxed);
             info!(queue = %queue, prefetch, "consuming commands");
             let tag = consumer.tag();
@@ -327,9 +332,11 @@ impl Worker {
                             };
                             let pipeline = self.pipeline.clone();
                             let publisher = self.publisher.clone();
+                            acks.delivered(delivery.delivery_tag);
+                            let acks = acks.clone();
                             in_flight.spawn(async move {
                                 m::in_flight(1.0);
-                                handle(&pipeline, &publisher, delivery).await;
+                                handle(&pipeline, &publisher, &acks, delivery).await;
                                 m::in_flight(-1.0);
                                 drop(permit);
                             });
@@ -363,7 +370,7 @@ fn origin(delivery: &Delivery) -> Vec<(String, String)> {
 
 /// Settles one delivery: process, then park or ack. A delivery that cannot be settled
 /// (shutdown) is left unacked and returns to the queue when the channel closes.
-async fn handle(pipeline: &Pipeline, publisher: &Publisher, delivery: Delivery) {
+async fn handle(pipeline: &Pipeline, publisher: &Publisher, acks: &Acks, delivery: Delivery) {
     let origin = origin(&delivery);
     let disposition = match pipeline.process(&delivery.data, &origin).await {
         Ok(d) => d,
@@ -412,13 +419,7 @@ async fn handle(pipeline: &Pipeline, publisher: &Publisher, delivery: Delivery) 
             }
         }
     }
-    match delivery.ack(BasicAckOptions::default()).await {
-        Ok(true) => {}
-        Ok(false) => debug!("ack dropped (channel was recovered); the broker will redeliver"),
-        Err(e) => {
-            warn!(error = %e, "ack failed; the broker will redeliver and the inbox absorbs it")
-        }
-    }
+    acks.settled(delivery.delivery_tag);
 }
 
 async fn db_watch(store: Store, health: Arc<Health>, stop: CancellationToken) {

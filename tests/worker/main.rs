@@ -1,6 +1,7 @@
 //! End-to-end tests of the worker against the real RabbitMQ and both databases, with the
 //! in-process simulator or the `invite-worker simulate` binary as the backend.
 
+mod acks;
 mod crashes;
 mod helpers;
 mod hygiene;

@@ -226,6 +226,8 @@ async fn endpoints_answer_and_metrics_move_after_a_command() {
         "invite_worker_outbox_oldest_age_seconds",
         "invite_worker_retries_scheduled_total",
         "invite_worker_rate_limit_waits_total",
+        "invite_worker_acks_total",
+        "invite_worker_ack_frames_total",
     ] {
         assert!(
             before.iter().any(|s| s.name == always),
@@ -255,6 +257,13 @@ async fn endpoints_answer_and_metrics_move_after_a_command() {
         ) >= 1.0
     );
     assert!(moved("invite_worker_events_published_total", &[]) >= 1.0);
+    // The command's ack goes out beside its event, not necessarily before it.
+    wait_until(WAIT, || async {
+        let now = parse_prometheus(&get(&format!("{base}/metrics")).await.2);
+        let moved = |name: &str| value(&now, name, &[]) - value(&before, name, &[]);
+        moved("invite_worker_acks_total") >= 1.0 && moved("invite_worker_ack_frames_total") >= 1.0
+    })
+    .await;
     worker.stop().await;
 }
 

@@ -1,0 +1,95 @@
+//! Acks are folded (deliveries settled together with nothing unsettled below them go out
+//! as one multiple ack), and a delivery still in progress is never acknowledged with
+//! them: what the broker holds unacknowledged when a worker stops is exactly what it
+//! did not finish.
+
+use std::{collections::HashSet, time::Duration};
+
+use invite_worker::simulator::FaultSpec;
+
+use crate::{
+    helpers::{Db, TestEnv, group, revoke, wait_until},
+    on_both_databases,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn requests(env: &TestEnv) -> u64 {
+    env.world.stats().routes.values().sum()
+}
+
+on_both_databases!(folded_acks_cover_what_was_settled_and_never_a_command_in_progress);
+
+async fn folded_acks_cover_what_was_settled_and_never_a_command_in_progress(db: Db) {
+    let env = TestEnv::new(db).await;
+    let mut settings = env.settings.clone();
+    settings.worker.shutdown_grace = Duration::from_secs(1);
+    // The hung command's lease outlives its process only briefly.
+    settings.worker.group_lease = Duration::from_secs(3);
+    let sim = settings.backends.get_mut("sim").expect("sim backend");
+    sim.timeout = Duration::from_secs(300);
+    let mut tap = env.tap_events().await;
+    let worker = env.start_worker_with(settings.clone()).await;
+
+    // Many at once: they settle in runs, acked together.
+    let specs: Vec<_> = (0..200).map(|i| revoke("sales", &group(500 + i))).collect();
+    let first: HashSet<String> = env
+        .send(&specs)
+        .await
+        .iter()
+        .map(|id| id.to_string())
+        .collect();
+    let seen: HashSet<String> = tap
+        .take(200, WAIT)
+        .await
+        .iter()
+        .map(|(_, e)| e["command_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(seen, first);
+
+    // One command hangs at the provider (for longer than the test); three delivered
+    // after it finish.
+    env.world.add_fault(FaultSpec {
+        route: "*".into(),
+        count: 1,
+        status: 500,
+        retry_after: None,
+        hang: true,
+    });
+    let before = requests(&env);
+    let stuck = env.send(&[revoke("sales", &group(499))]).await[0];
+    wait_until(WAIT, || async { requests(&env) > before }).await;
+    let later: Vec<_> = (0..3).map(|i| revoke("sales", &group(700 + i))).collect();
+    let later: HashSet<String> = env
+        .send(&later)
+        .await
+        .iter()
+        .map(|id| id.to_string())
+        .collect();
+    let seen: HashSet<String> = tap
+        .take(3, WAIT)
+        .await
+        .iter()
+        .map(|(_, e)| e["command_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(seen, later);
+
+    // The grace ends with the hung command unfinished: it is left unacknowledged, and
+    // once the worker's channel is closed it is the one message back in the queue (a
+    // multiple ack reaching past it would leave none; acks lost, more than one).
+    worker.stop().await;
+    let queue = env.topology.commands_queue();
+    wait_until(WAIT, || async { env.queue_len(&queue).await == 1 }).await;
+
+    // The next worker finishes it, once.
+    let worker = env.start_worker_with(settings).await;
+    let events = tap.until_command(stuck, WAIT).await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0].1["event_type"], "invite_link.rotated");
+    wait_until(WAIT, || async { env.queue_len(&queue).await == 0 }).await;
+    worker.stop().await;
+    assert_eq!(env.queue_len(&queue).await, 0);
+    let resets = env.world.stats().resets;
+    assert_eq!(resets.get(&format!("sales|{}", group(499))), Some(&1));
+    assert!(tap.drain_now().is_empty(), "no other command ran again");
+}
