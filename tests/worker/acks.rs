@@ -1,14 +1,24 @@
-//! Acks are folded (deliveries settled together with nothing unsettled below them go out
-//! as one multiple ack), and a delivery still in progress is never acknowledged with
-//! them: what the broker holds unacknowledged when a worker stops is exactly what it
-//! did not finish.
+//! The worker's AMQP batching. Acks are folded (deliveries settled together with nothing
+//! unsettled below them go out as one multiple ack), and a delivery still in progress is
+//! never acknowledged with them: what the broker holds unacknowledged when a worker stops
+//! is exactly what it did not finish. The relay's publishes are queued as a batch, in
+//! order.
 
 use std::{collections::HashSet, time::Duration};
 
-use invite_worker::simulator::FaultSpec;
+use invite_worker::{
+    amqp::{Broker, Publisher},
+    config::QueueType,
+    events::OutboxMessage,
+    simulator::FaultSpec,
+};
+use lapin::{
+    options::{BasicGetOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
 
 use crate::{
-    helpers::{Db, TestEnv, group, revoke, wait_until},
+    helpers::{AMQP_URL, Db, TestEnv, group, revoke, wait_until},
     on_both_databases,
 };
 
@@ -92,4 +102,53 @@ async fn folded_acks_cover_what_was_settled_and_never_a_command_in_progress(db: 
     let resets = env.world.stats().resets;
     assert_eq!(resets.get(&format!("sales|{}", group(499))), Some(&1));
     assert!(tap.drain_now().is_empty(), "no other command ran again");
+}
+
+/// The relay's publisher queues a whole batch before waiting for any of it: the messages
+/// still reach the broker in the batch's order, each confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_batch_arrives_in_order_and_confirmed() {
+    let env = TestEnv::new(Db::Sqlite).await;
+    let (conn, ch) = env.channel().await;
+    // Exclusive: removed with the test's connection.
+    let queue = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare a reply queue");
+    let broker = Broker::new(AMQP_URL, env.topology.clone(), QueueType::Classic);
+    let publisher = Publisher::new(broker.clone(), Duration::from_secs(10));
+    let batch: Vec<OutboxMessage> = (0..300)
+        .map(|i| OutboxMessage {
+            exchange: String::new(),
+            routing_key: queue.name().to_string(),
+            message_id: Some(format!("m{i}")),
+            message_type: None,
+            correlation_id: None,
+            headers: Vec::new(),
+            payload: format!("{i}").into_bytes(),
+        })
+        .collect();
+    let confirmed = publisher.publish_batch(&batch).await.expect("published");
+    assert_eq!(confirmed, vec![true; 300]);
+    for i in 0..300 {
+        let got = ch
+            .basic_get(
+                queue.name().as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+            .unwrap_or_else(|| panic!("message {i} missing"));
+        assert_eq!(String::from_utf8_lossy(&got.delivery.data), i.to_string());
+    }
+    publisher.close().await;
+    broker.close().await;
+    let _ = conn.close(200, "OK".into()).await;
 }
