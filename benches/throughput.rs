@@ -394,7 +394,9 @@ async fn ceiling(n: usize, prefetch: u16) -> Report {
             handled += 1;
             let ch = publish_ch.clone();
             let events = events.clone();
-            acks.delivered(d.delivery_tag);
+            if folded {
+                acks.delivered(d.delivery_tag);
+            }
             let acks = acks.clone();
             tasks.spawn(async move {
                 let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
