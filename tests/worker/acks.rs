@@ -10,6 +10,7 @@ use invite_worker::{
     amqp::{Broker, Publisher},
     config::QueueType,
     events::OutboxMessage,
+    send::CommandSpec,
     simulator::FaultSpec,
 };
 use lapin::{
@@ -18,7 +19,7 @@ use lapin::{
 };
 
 use crate::{
-    helpers::{AMQP_URL, Db, TestEnv, group, revoke, wait_until},
+    helpers::{AMQP_URL, Db, EventTap, TestEnv, group, revoke, wait_until},
     on_both_databases,
 };
 
@@ -26,6 +27,23 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn requests(env: &TestEnv) -> u64 {
     env.world.stats().routes.values().sum()
+}
+
+/// Sends `specs` and waits for one event for each of them, in any order.
+async fn send_and_see_each(env: &TestEnv, tap: &mut EventTap, specs: &[CommandSpec]) {
+    let sent: HashSet<String> = env
+        .send(specs)
+        .await
+        .iter()
+        .map(|id| id.to_string())
+        .collect();
+    let seen: HashSet<String> = tap
+        .take(specs.len(), WAIT)
+        .await
+        .iter()
+        .map(|(_, e)| e["command_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(seen, sent);
 }
 
 on_both_databases!(folded_acks_cover_what_was_settled_and_never_a_command_in_progress);
@@ -43,19 +61,7 @@ async fn folded_acks_cover_what_was_settled_and_never_a_command_in_progress(db: 
 
     // Many at once: they settle in runs, acked together.
     let specs: Vec<_> = (0..200).map(|i| revoke("sales", &group(500 + i))).collect();
-    let first: HashSet<String> = env
-        .send(&specs)
-        .await
-        .iter()
-        .map(|id| id.to_string())
-        .collect();
-    let seen: HashSet<String> = tap
-        .take(200, WAIT)
-        .await
-        .iter()
-        .map(|(_, e)| e["command_id"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    assert_eq!(seen, first);
+    send_and_see_each(&env, &mut tap, &specs).await;
 
     // One command hangs at the provider (for longer than the test); three delivered
     // after it finish.
@@ -70,19 +76,7 @@ async fn folded_acks_cover_what_was_settled_and_never_a_command_in_progress(db: 
     let stuck = env.send(&[revoke("sales", &group(499))]).await[0];
     wait_until(WAIT, || async { requests(&env) > before }).await;
     let later: Vec<_> = (0..3).map(|i| revoke("sales", &group(700 + i))).collect();
-    let later: HashSet<String> = env
-        .send(&later)
-        .await
-        .iter()
-        .map(|id| id.to_string())
-        .collect();
-    let seen: HashSet<String> = tap
-        .take(3, WAIT)
-        .await
-        .iter()
-        .map(|(_, e)| e["command_id"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    assert_eq!(seen, later);
+    send_and_see_each(&env, &mut tap, &later).await;
 
     // The grace ends with the hung command unfinished: it is left unacknowledged, and
     // once the worker's channel is closed it is the one message back in the queue (a
