@@ -228,7 +228,11 @@ impl WorkerProcess {
             .env("INVITE_WORKER__AMQP__NAME_PREFIX", prefix)
             .env("INVITE_WORKER__AMQP__PREFETCH", prefetch.to_string())
             .env("INVITE_WORKER__DATABASE__URL", db_url)
-            .env("INVITE_WORKER__HTTP__LISTEN", "")
+            // `BENCH_WORKER_HTTP` (an address) serves the worker's metrics during the run.
+            .env(
+                "INVITE_WORKER__HTTP__LISTEN",
+                std::env::var("BENCH_WORKER_HTTP").unwrap_or_default(),
+            )
             .env("INVITE_WORKER__ROTATION__ENABLED", "false")
             .env("INVITE_WORKER__LOG__FILTER", "warn")
             .env(
