@@ -1,7 +1,7 @@
 """Publishes one revoke_invite command to invite-worker and waits for the broker's confirm.
 
-The Python twin of publish_command.rs. AMQP_URL (default: the local broker) and
-COMMANDS_EXCHANGE (default invite_link.commands) say where.
+The Python twin of publish_command.rs, shown in the README. AMQP_URL (default: the local
+broker) and COMMANDS_EXCHANGE (default invite_link.commands) say where.
 
     pip install pika && python3 examples/publish_command.py
 """
@@ -12,49 +12,23 @@ import uuid
 
 import pika
 
+amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+exchange = os.environ.get("COMMANDS_EXCHANGE", "invite_link.commands")
 
-def revoke_invite(channel, exchange, session_id, group_id, reason):
-    """Publishes a revoke_invite command; returns its command_id once the broker has it.
-
-    The channel must be in confirm mode (channel.confirm_delivery()): basic_publish then
-    returns only after the broker's confirm, and raises pika.exceptions.NackError or,
-    with mandatory=True and no queue bound, pika.exceptions.UnroutableError.
-    """
-    command_id = str(uuid.uuid4())
-    body = {
-        "command_id": command_id,
-        "type": "revoke_invite",
-        "session_id": session_id,
-        "group_id": group_id,
-        "reason": reason,
-        "requested_by": "support-portal",
-    }
-    channel.basic_publish(
-        exchange=exchange,
-        routing_key="command.revoke_invite",
-        body=json.dumps(body).encode(),
-        properties=pika.BasicProperties(
-            content_type="application/json",
-            delivery_mode=pika.DeliveryMode.Persistent,
-            message_id=command_id,
-        ),
-        mandatory=True,
-    )
-    return command_id
-
-
-if __name__ == "__main__":
-    url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
-    exchange = os.environ.get("COMMANDS_EXCHANGE", "invite_link.commands")
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    channel = connection.channel()
-    channel.confirm_delivery()
-    command_id = revoke_invite(
-        channel,
-        exchange,
-        "sales-team",
-        "120363041234567890@g.us",
-        "link leaked on a public forum",
-    )
-    print(command_id)
-    connection.close()
+# [publish]
+connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+channel = connection.channel()
+channel.confirm_delivery()  # basic_publish returns once the broker has the command
+command_id = str(uuid.uuid4())
+command = {"command_id": command_id, "type": "revoke_invite", "session_id": "sales-team",
+           "group_id": "120363041234567890@g.us", "reason": "link leaked on a public forum",
+           "requested_by": "support-portal"}
+properties = pika.BasicProperties(content_type="application/json", message_id=command_id,
+                                  delivery_mode=pika.DeliveryMode.Persistent)
+# Raises UnroutableError when no queue is bound (mandatory), NackError when refused:
+# then publish again with the same command_id.
+channel.basic_publish(exchange, "command.revoke_invite", json.dumps(command).encode(),
+                      properties, mandatory=True)
+print(command_id)
+# [/publish]
+connection.close()

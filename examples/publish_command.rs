@@ -8,25 +8,11 @@
 //! ```
 
 // [publish]
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
-};
+use lapin::{BasicProperties, Channel, Confirmation, options::BasicPublishOptions};
 use serde_json::json;
 use uuid::Uuid;
 
-/// A channel with publisher confirms; keep the connection for the life of your service.
-pub async fn connect(amqp_url: &str) -> lapin::Result<(Connection, Channel)> {
-    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok((connection, channel))
-}
-
-/// Publishes a `revoke_invite` command; returns its command_id once the broker has it.
-/// To retry after an error, publish again with the same command_id: it runs at most once.
+/// Publishes a `revoke_invite` on a channel in confirm mode; returns its command_id.
 pub async fn revoke_invite(
     channel: &Channel,
     exchange: &str,
@@ -34,41 +20,42 @@ pub async fn revoke_invite(
     group_id: &str,
     reason: &str,
 ) -> Result<Uuid, Box<dyn std::error::Error>> {
-    let command_id = Uuid::new_v4();
-    let body = json!({
+    let command_id = Uuid::new_v4(); // keep it: a retry with the same id runs once
+    let body = serde_json::to_vec(&json!({
         "command_id": command_id,
         "type": "revoke_invite",
         "session_id": session_id,
         "group_id": group_id,
         "reason": reason,
         "requested_by": "support-portal",
-    });
+    }))?;
     let properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2) // persistent
         .with_message_id(command_id.to_string().into());
-    let confirmation = channel
-        .basic_publish(
-            exchange.into(),
-            "command.revoke_invite".into(),
-            BasicPublishOptions {
-                mandatory: true, // returned, not dropped, when no queue is bound
-                ..Default::default()
-            },
-            &serde_json::to_vec(&body)?,
-            properties,
-        )
-        .await?
-        .await?;
-    match confirmation {
+    let options = BasicPublishOptions {
+        mandatory: true, // returned, not dropped, when no queue is bound
+        ..Default::default()
+    };
+    let key = "command.revoke_invite".into();
+    let publish = channel.basic_publish(exchange.into(), key, options, &body, properties);
+    match publish.await?.await? {
         Confirmation::Ack(None) => Ok(command_id),
-        Confirmation::Ack(Some(_)) => {
-            Err("unroutable: no queue bound (start the worker once)".into())
-        }
+        Confirmation::Ack(Some(_)) => Err("no queue bound: start the worker once".into()),
         _ => Err("the broker refused the command".into()),
     }
 }
 // [/publish]
+
+/// A channel with publisher confirms; keep the connection for the life of your service.
+pub async fn connect(amqp_url: &str) -> lapin::Result<(lapin::Connection, Channel)> {
+    let properties = lapin::ConnectionProperties::default();
+    let connection = lapin::Connection::connect(amqp_url, properties).await?;
+    let channel = connection.create_channel().await?;
+    let options = lapin::options::ConfirmSelectOptions::default();
+    channel.confirm_select(options).await?;
+    Ok((connection, channel))
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
