@@ -1,4 +1,4 @@
-//! RabbitMQ plumbing: topology names and declaration (CONTRACT §2), a shared
+//! RabbitMQ plumbing: topology names and declaration (docs/contract.md §2), a shared
 //! connection that is re-established after a loss, and a publisher with confirms.
 
 use std::{sync::Arc, task::Poll, time::Duration};

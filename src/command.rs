@@ -1,4 +1,4 @@
-//! Wire format of commands (CONTRACT §4) and the validated domain types they parse into.
+//! Wire format of commands (docs/contract.md §4) and the validated domain types they parse into.
 //! Nothing downstream of [`parse`] sees raw strings from a message.
 
 use std::fmt;

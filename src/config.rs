@@ -1,4 +1,4 @@
-//! Configuration (CONTRACT §3): built-in defaults, then a TOML file, then
+//! Configuration (docs/contract.md §3): built-in defaults, then a TOML file, then
 //! `INVITE_WORKER__SECTION__KEY` environment overrides, into typed [`Settings`].
 //! Every problem is reported with the key it concerns.
 

@@ -1,6 +1,6 @@
 //! `dead-letters list|replay`: reads the dead-letter queue without losing messages, and
 //! moves chosen commands back to the commands exchange with a fresh attempt cycle
-//! (CONTRACT §6.2), recorded as `replayed` in their group's history.
+//! (docs/contract.md §6.2), recorded as `replayed` in their group's history.
 //!
 //! Both take every message with `basic.get` and hold it unacknowledged, so each is seen
 //! once; what is not replayed is requeued in place (or by the broker, should this

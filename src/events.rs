@@ -1,4 +1,4 @@
-//! Event bodies (CONTRACT §5) and the outbox messages that carry them, including
+//! Event bodies (docs/contract.md §5) and the outbox messages that carry them, including
 //! dead-letter copies of commands.
 
 use chrono::{DateTime, SecondsFormat, Utc};

@@ -1,4 +1,4 @@
-//! Operational HTTP endpoints: `/healthz`, `/readyz`, `/metrics` (CONTRACT §6.9).
+//! Operational HTTP endpoints: `/healthz`, `/readyz`, `/metrics` (docs/contract.md §6.9).
 
 use std::{sync::Arc, time::Duration};
 

@@ -145,7 +145,7 @@ pub struct Link {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-/// The contract's error kinds (CONTRACT §5).
+/// The contract's error kinds (docs/contract.md §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {

@@ -1,4 +1,4 @@
-//! The provider simulator (CONTRACT §7): one in-memory world served in-process (the
+//! The provider simulator (docs/contract.md §7): one in-memory world served in-process (the
 //! `simulator` backend kind) and over HTTP in every provider's dialect (`simulate`).
 
 pub mod http;

@@ -1,4 +1,4 @@
-//! Crash safety (CONTRACT §6.1–6.3): the real binary is aborted at each failpoint (or
+//! Crash safety (docs/contract.md §6.1–6.3): the real binary is aborted at each failpoint (or
 //! SIGKILLed mid-stream), restarted without it, and every command still ends with
 //! exactly one outcome and one event_id; on a kind that can read the link, exactly one
 //! reset happens per command and the announced link is the current one.

@@ -1,4 +1,4 @@
-//! Retries (CONTRACT §6.5): transient errors are retried with backoff and `Retry-After`,
+//! Retries (docs/contract.md §6.5): transient errors are retried with backoff and `Retry-After`,
 //! long waits park the command in a delay queue, permanent errors and exhausted budgets
 //! fail the command with an event and a dead letter.
 
