@@ -12,15 +12,15 @@ use lapin::{BasicProperties, Channel, Confirmation, options::BasicPublishOptions
 use serde_json::json;
 use uuid::Uuid;
 
-/// Publishes a `revoke_invite` on a channel in confirm mode; returns its command_id.
+/// Publishes a `revoke_invite` and awaits its confirm; on error, retry with the same id.
 pub async fn revoke_invite(
     channel: &Channel,
     exchange: &str,
+    command_id: Uuid,
     session_id: &str,
     group_id: &str,
     reason: &str,
-) -> Result<Uuid, Box<dyn std::error::Error>> {
-    let command_id = Uuid::new_v4(); // keep it: a retry with the same id runs once
+) -> Result<(), Box<dyn std::error::Error>> {
     let body = serde_json::to_vec(&json!({
         "command_id": command_id,
         "type": "revoke_invite",
@@ -40,7 +40,7 @@ pub async fn revoke_invite(
     let key = "command.revoke_invite".into();
     let publish = channel.basic_publish(exchange.into(), key, options, &body, properties);
     match publish.await?.await? {
-        Confirmation::Ack(None) => Ok(command_id),
+        Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_)) => Err("no queue bound: start the worker once".into()),
         _ => Err("the broker refused the command".into()),
     }
@@ -64,9 +64,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let exchange =
         std::env::var("COMMANDS_EXCHANGE").unwrap_or_else(|_| "invite_link.commands".to_owned());
     let (connection, channel) = connect(&url).await?;
-    let command_id = revoke_invite(
+    let command_id = Uuid::new_v4();
+    revoke_invite(
         &channel,
         &exchange,
+        command_id,
         "sales-team",
         "120363041234567890@g.us",
         "link leaked on a public forum",

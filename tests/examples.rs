@@ -55,9 +55,11 @@ async fn publish_and_check(channel: &Channel, topology: &Topology) {
     declare(channel, topology, QueueType::Classic)
         .await
         .expect("declare the topology");
-    let command_id = publish_command::revoke_invite(
+    let command_id = Uuid::new_v4();
+    publish_command::revoke_invite(
         channel,
         &topology.commands_exchange(),
+        command_id,
         SESSION,
         GROUP,
         "link leaked on a public forum",
