@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use invite_worker::{backend::BackendKind, config::Settings};
+use invite_worker::{config::Settings, domain::BackendKind};
 
 const TOKEN: &str = "example-token-7f3c2b";
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use invite_worker::simulator::{SimWorld, http::serve};
+use invite_worker::simulator::{SimWorld, server::serve};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};

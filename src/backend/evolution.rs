@@ -5,12 +5,12 @@ use async_trait::async_trait;
 use reqwest::Method;
 
 use super::{
-    Backend, BackendError, BackendKind, Link,
+    Backend,
     http::{Auth, HttpApi, Reply, classify_reply},
 };
 use crate::{
-    command::{GroupId, SessionId},
     config::BackendSettings,
+    domain::{BackendError, BackendKind, GroupId, Link, SessionId},
 };
 
 pub struct Evolution {

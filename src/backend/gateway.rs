@@ -6,12 +6,12 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::{
-    Backend, BackendError, BackendKind, ErrorKind, Link,
+    Backend,
     http::{Auth, HttpApi, Reply, classify, not_found},
 };
 use crate::{
-    command::{GroupId, SessionId},
     config::BackendSettings,
+    domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
 pub struct Gateway {

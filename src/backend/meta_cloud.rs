@@ -6,12 +6,12 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{
-    Backend, BackendError, BackendKind, ErrorKind, Link,
+    Backend,
     http::{Auth, HttpApi, Reply, classify},
 };
 use crate::{
-    command::{GroupId, SessionId},
     config::BackendSettings,
+    domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";

@@ -2,9 +2,9 @@
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, BackendKind, ErrorKind, InviteCode, Link};
+use super::Backend;
 use crate::{
-    command::{GroupId, SessionId},
+    domain::{BackendError, BackendKind, ErrorKind, GroupId, InviteCode, Link, SessionId},
     simulator::{Op, SimError, SimWorld, world::route},
 };
 

@@ -5,12 +5,12 @@ use async_trait::async_trait;
 use reqwest::Method;
 
 use super::{
-    Backend, BackendError, BackendKind, ErrorKind, Link,
+    Backend,
     http::{Auth, HttpApi, Reply, classify},
 };
 use crate::{
-    command::{GroupId, SessionId},
     config::BackendSettings,
+    domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
 /// Fields tolerated around the code when the body is an object instead of a string.

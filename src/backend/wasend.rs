@@ -7,12 +7,12 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::{
-    Backend, BackendError, BackendKind, Link,
+    Backend,
     http::{Auth, HttpApi, Reply, classify_reply, invite_code},
 };
 use crate::{
-    command::{GroupId, SessionId},
     config::BackendSettings,
+    domain::{BackendError, BackendKind, GroupId, Link, SessionId},
 };
 
 /// Both families answer with one of these (or, for `invite-code`, a bare string).

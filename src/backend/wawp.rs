@@ -5,13 +5,13 @@ use async_trait::async_trait;
 use reqwest::Method;
 
 use super::{
-    Backend, BackendError, BackendKind, Link,
+    Backend,
     http::{Auth, HttpApi},
     waha,
 };
 use crate::{
-    command::{GroupId, SessionId},
     config::BackendSettings,
+    domain::{BackendError, BackendKind, GroupId, Link, SessionId},
 };
 
 pub struct Wawp {

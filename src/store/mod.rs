@@ -13,12 +13,13 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait},
 };
 
+pub mod batch;
 mod pg;
 
-use crate::{
-    backend::{BackendError, Link},
-    batch::Batcher,
-    command::Command,
+pub use batch::Batcher;
+
+use crate::domain::{
+    BackendError, Command, CommandType, Link,
     events::{ExpirySource, OutboxMessage},
 };
 
@@ -528,7 +529,7 @@ impl Store {
             txn.rollback().await?;
             return Ok(false);
         };
-        let trigger = crate::command::CommandType::parse(&row.command_type).map(|k| k.trigger());
+        let trigger = CommandType::parse(&row.command_type).map(|k| k.trigger());
         let entry = history::ActiveModel {
             backend: Set(row.backend),
             session_id: Set(row.session_id),

@@ -22,7 +22,7 @@ use sea_orm::{
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use crate::command::storable;
+use crate::domain::command::storable;
 
 use super::{
     Attempt, Begun, Completion, Deferred, FirstAttempt, GroupKey, STATUS_DONE, STATUS_EXECUTING,

@@ -3,10 +3,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use invite_worker::{
-    backend::{BackendKind, ErrorKind},
-    command::{GroupId, GroupIdStyle, SessionId},
-};
+use invite_worker::domain::{BackendKind, ErrorKind, GroupId, GroupIdStyle, SessionId};
 use serde_json::json;
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers::any};
 

@@ -1,7 +1,7 @@
 //! `gateway`: Bearer auth, GET to read and DELETE to reset, `{"invite": …}` bodies and
 //! `{"error": {"code", "message"}}` refusals.
 
-use invite_worker::backend::{BackendKind, ErrorKind};
+use invite_worker::domain::{BackendKind, ErrorKind};
 use serde_json::{Value, json};
 use wiremock::{
     Mock, MockBuilder, ResponseTemplate,

@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use invite_worker::{
-    backend::{self, BackendError, BackendKind, ErrorKind, LINK_PREFIX, Link, SharedBackend},
-    command::{GroupId, GroupIdStyle, SessionId},
+    backend::{self, SharedBackend},
     config::{BackendSettings, Secret},
+    domain::{
+        BackendError, BackendKind, ErrorKind, GroupId, GroupIdStyle, LINK_PREFIX, Link, SessionId,
+    },
     simulator::SimWorld,
 };
 use serde_json::{Value, json};

@@ -1,7 +1,7 @@
 //! `meta_cloud`: reset only, by POST with a JSON body under a versioned path; Graph API
 //! error codes decide the kind.
 
-use invite_worker::backend::{BackendKind, ErrorKind};
+use invite_worker::domain::{BackendKind, ErrorKind};
 use serde_json::{Value, json};
 use wiremock::{
     Mock, MockBuilder, ResponseTemplate,

@@ -2,7 +2,10 @@
 //! false` answers that arrive with a 200.
 
 use chrono::{DateTime, Utc};
-use invite_worker::backend::{BackendKind, ErrorKind, SharedBackend};
+use invite_worker::{
+    backend::SharedBackend,
+    domain::{BackendKind, ErrorKind},
+};
 use serde_json::json;
 use wiremock::{
     Mock, MockBuilder, MockServer, ResponseTemplate,

@@ -7,10 +7,9 @@
 use std::{collections::HashSet, time::Duration};
 
 use invite_worker::{
-    amqp::{Broker, Publisher},
+    broker::{Broker, Publisher},
     config::QueueType,
-    events::OutboxMessage,
-    send::CommandSpec,
+    domain::{CommandSpec, events::OutboxMessage},
     simulator::FaultSpec,
 };
 use lapin::{

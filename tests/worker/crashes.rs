@@ -1,4 +1,4 @@
-//! Crash safety (CONTRACT §6.1–6.3): the real binary is aborted at each failpoint (or
+//! Crash safety (docs/contract.md §6.1–6.3): the real binary is aborted at each failpoint (or
 //! SIGKILLed mid-stream), restarted without it, and every command still ends with
 //! exactly one outcome and one event_id; on a kind that can read the link, exactly one
 //! reset happens per command and the announced link is the current one.
@@ -10,7 +10,10 @@ use std::{
 };
 
 use entity::{command, history, outbox};
-use invite_worker::{backend::BackendKind, failpoint, send::CommandSpec};
+use invite_worker::{
+    domain::{BackendKind, CommandSpec},
+    ops::failpoint,
+};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use uuid::Uuid;
 

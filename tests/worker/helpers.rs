@@ -11,10 +11,10 @@ use std::{
 
 use futures::StreamExt;
 use invite_worker::{
-    amqp::Topology,
-    command::CommandType,
+    broker::Topology,
+    cli::send,
     config::{QueueType, Secret, Settings},
-    send::{self, CommandSpec},
+    domain::{CommandSpec, CommandType},
     simulator::SimWorld,
     store::Store,
     worker::Worker,
@@ -224,7 +224,7 @@ impl TestEnv {
     /// A queue bound to every event; call before the events are produced.
     pub async fn tap_events(&self) -> EventTap {
         let (conn, ch) = self.channel().await;
-        invite_worker::amqp::declare(&ch, &self.topology, QueueType::Classic)
+        invite_worker::broker::declare(&ch, &self.topology, QueueType::Classic)
             .await
             .expect("declare");
         let q = ch
@@ -310,7 +310,7 @@ impl TestEnv {
             .await
             .expect("basic_get")
         {
-            let headers = invite_worker::amqp::text_headers(&m.delivery.properties)
+            let headers = invite_worker::broker::text_headers(&m.delivery.properties)
                 .into_iter()
                 .collect();
             m.delivery
@@ -674,13 +674,13 @@ impl WorkerProcess {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_invite-worker"));
         cmd.arg("run")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env_remove(invite_worker::failpoint::ENV)
+            .env_remove(invite_worker::ops::failpoint::ENV)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log handle"))
             .stderr(out)
             .kill_on_drop(true);
         if let Some(point) = failpoint {
-            cmd.env(invite_worker::failpoint::ENV, point);
+            cmd.env(invite_worker::ops::failpoint::ENV, point);
         }
         let child = cmd.spawn().expect("spawn invite-worker run");
         Self { child, log }

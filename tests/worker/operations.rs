@@ -4,8 +4,10 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use invite_worker::{
-    dead_letters::{self, Selection},
-    links,
+    cli::{
+        dead_letters::{self, Selection},
+        links,
+    },
     simulator::world::FaultSpec,
     store::{GroupKey, Store},
 };

@@ -6,10 +6,10 @@ use std::{collections::HashSet, time::Duration};
 
 use entity::command;
 use invite_worker::{
-    amqp::{Broker, Publisher},
+    broker::{Broker, Publisher},
+    cli::send,
     config::{QueueType, Secret},
-    events::OutboxMessage,
-    send::{self, CommandSpec},
+    domain::{CommandSpec, events::OutboxMessage},
 };
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use tokio::task::JoinHandle;
@@ -206,7 +206,10 @@ async fn publisher_confirms_that_never_arrive_time_out_and_publishing_recovers()
     let started = tokio::time::Instant::now();
     let stalled = publisher.publish(&event("stalled")).await;
     assert!(
-        matches!(stalled, Err(invite_worker::amqp::PublishError::Timeout(_))),
+        matches!(
+            stalled,
+            Err(invite_worker::broker::PublishError::Timeout(_))
+        ),
         "{stalled:?}"
     );
     assert!(started.elapsed() < timeout * 4, "{:?}", started.elapsed());

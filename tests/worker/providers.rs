@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use crate::helpers::{Db, SimulatorProcess, TestEnv, revoke};
 use invite_worker::{
-    backend::BackendKind,
     config::{BackendSettings, Secret},
-    send::CommandSpec,
+    domain::{BackendKind, CommandSpec},
 };
 
 const TOKEN: &str = "sim-token-5e3a9";

@@ -1,4 +1,4 @@
-//! Per-session rate limiting (CONTRACT §6.6): a backlog for one session is paced to
+//! Per-session rate limiting (docs/contract.md §6.6): a backlog for one session is paced to
 //! `rate_limit_per_session` as the provider sees it, while other sessions go on.
 
 use std::{collections::HashSet, time::Duration};

@@ -1,4 +1,4 @@
-//! Retries (CONTRACT §6.5): transient errors are retried with backoff and `Retry-After`,
+//! Retries (docs/contract.md §6.5): transient errors are retried with backoff and `Retry-After`,
 //! long waits park the command in a delay queue, permanent errors and exhausted budgets
 //! fail the command with an event and a dead letter.
 
@@ -311,7 +311,7 @@ on_both_databases!(a_replayed_dead_letter_is_republished_with_the_commands_heade
 /// failure reason): when it fails again, the new dead letter still carries them.
 async fn a_replayed_dead_letter_is_republished_with_the_commands_headers(db: Db) {
     use invite_worker::{
-        dead_letters::{self, Selection},
+        cli::dead_letters::{self, Selection},
         store::Store,
     };
     use lapin::types::{AMQPValue, FieldTable, LongString};

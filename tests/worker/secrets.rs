@@ -1,4 +1,4 @@
-//! CONTRACT §6.7: tokens never appear in logs, CLI output, events, dead letters or the
+//! docs/contract.md §6.7: tokens never appear in logs, CLI output, events, dead letters or the
 //! database. The real binary runs a full flow at `RUST_LOG=debug`, in text and JSON log
 //! formats, against every HTTP provider kind of `invite-worker simulate`, including an
 //! auth failure, a timeout and a 429; everything it leaves behind is searched for the

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use entity::command;
-use invite_worker::{config::Secret, send::CommandSpec};
+use invite_worker::{config::Secret, domain::CommandSpec};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use uuid::Uuid;
 

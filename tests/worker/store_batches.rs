@@ -4,9 +4,11 @@
 use chrono::Utc;
 use entity::{group_lease, history, outbox};
 use invite_worker::{
-    backend::{BackendError, ErrorKind, InviteCode, Link},
-    command::{Command, CommandId, CommandType, GroupId, GroupIdStyle, SessionId},
-    events::{ExpirySource, OutboxMessage},
+    domain::{
+        BackendError, Command, CommandId, CommandType, ErrorKind, GroupId, GroupIdStyle,
+        InviteCode, Link, SessionId,
+        events::{ExpirySource, OutboxMessage},
+    },
     store::{
         Attempt, Begin, Completion, FirstAttempt, GroupKey, Outcome, STATUS_DONE, STATUS_EXECUTING,
         Store,
@@ -700,7 +702,7 @@ async fn lease_until(store: &Store, lane: &str) -> chrono::DateTime<Utc> {
 /// A lease is extended while the work under it runs; once released, a renewal does not
 /// take it again, and a lease another owner took is not extended.
 async fn a_lease_is_renewed_while_held_and_never_taken_again_after_release(db: Db) {
-    use invite_worker::{lanes::Lease, store::RELEASED};
+    use invite_worker::{store::RELEASED, worker::lanes::Lease};
     let env = TestEnv::new(db).await;
     let store = store(&env).await;
     let ttl = std::time::Duration::from_millis(300);
