@@ -6,11 +6,11 @@ use reqwest::Method;
 
 use super::{
     Backend,
-    http::{Auth, HttpApi, Reply, classify_reply},
+    http::{Auth, HttpApi, Reply, classify, first_word, whatsapp_refusal},
 };
 use crate::{
     config::BackendSettings,
-    domain::{BackendError, BackendKind, GroupId, Link, SessionId},
+    domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
 pub struct Evolution {
@@ -43,7 +43,26 @@ impl Evolution {
 
 /// How an Evolution answer reads: `inviteUrl` or `inviteCode`, or a refusal.
 pub(super) fn read_reply(reply: &Reply) -> Result<Link, BackendError> {
-    reply.interpret(classify_reply, |r| r.link(&["inviteUrl", "inviteCode"]))
+    reply.interpret(refusal_kind, |r| r.link(&["inviteUrl", "inviteCode"]))
+}
+
+/// WhatsApp's words first, then those of Baileys (the library Evolution runs on), which
+/// Evolution wraps in a 404 like every refusal: both transient, unlike a 404's usual
+/// meaning; then the default classification.
+fn refusal_kind(reply: &Reply, text: &str) -> ErrorKind {
+    whatsapp_refusal(text)
+        .or_else(|| {
+            first_word(
+                text,
+                &[
+                    // The session's WhatsApp connection is gone.
+                    ("connection closed", ErrorKind::SessionDisconnected),
+                    // Baileys' own timeout.
+                    ("timed out", ErrorKind::BackendUnavailable),
+                ],
+            )
+        })
+        .unwrap_or_else(|| classify(reply.status, text))
 }
 
 #[async_trait]
@@ -63,5 +82,30 @@ impl Backend for Evolution {
     async fn reset_link(&self, session: &SessionId, group: &GroupId) -> Result<Link, BackendError> {
         self.invite(Method::POST, "revokeInviteCode", session, group)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baileys_words_win_over_the_404s_usual_meaning() {
+        fn kind(text: &str) -> ErrorKind {
+            refusal_kind(&Reply::from_parts(404, &[], Vec::new()), text)
+        }
+        fn wrapped(error: &str) -> String {
+            format!("[\"revoke error\", \"{error}\"]")
+        }
+        assert_eq!(
+            kind(&wrapped("error: connection closed")),
+            ErrorKind::SessionDisconnected
+        );
+        assert_eq!(
+            kind(&wrapped("error: timed out")),
+            ErrorKind::BackendUnavailable
+        );
+        assert_eq!(kind(&wrapped("error: not-authorized")), ErrorKind::NotAdmin);
+        assert_eq!(kind(&wrapped("group not found")), ErrorKind::GroupNotFound);
     }
 }

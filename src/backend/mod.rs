@@ -46,7 +46,8 @@ pub type SharedBackend = Arc<dyn Backend>;
 pub fn read_reply(kind: BackendKind, reply: &http::Reply) -> Result<Link, BackendError> {
     match kind {
         BackendKind::Wasend => wasend::read_reply(reply),
-        BackendKind::Wawp | BackendKind::Waha => waha::read_reply(reply),
+        BackendKind::Wawp => wawp::read_reply(reply),
+        BackendKind::Waha => waha::read_reply(reply),
         BackendKind::Gateway => gateway::read_reply(reply),
         BackendKind::MetaCloud => meta_cloud::read_reply(reply),
         BackendKind::Evolution => evolution::read_reply(reply),

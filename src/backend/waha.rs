@@ -50,7 +50,7 @@ impl Waha {
     }
 }
 
-/// How an answer of WAHA (and wawp) reads: a bare code or link, or a refusal.
+/// How an answer of WAHA reads: a bare code or link, or a refusal (wawp's read alike).
 pub(super) fn read_reply(reply: &Reply) -> Result<Link, BackendError> {
     reply.interpret(refusal_kind, |r| r.link(CODE_FIELDS))
 }

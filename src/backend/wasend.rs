@@ -8,11 +8,11 @@ use serde_json::Value;
 
 use super::{
     Backend,
-    http::{Auth, HttpApi, Reply, classify_reply, invite_code},
+    http::{Auth, HttpApi, Reply, classify, described, invite_code},
 };
 use crate::{
     config::BackendSettings,
-    domain::{BackendError, BackendKind, GroupId, Link, SessionId},
+    domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
 /// Both families answer with one of these (or, for `invite-code`, a bare string).
@@ -56,13 +56,27 @@ impl Wasend {
 
 /// How a wasend answer reads: the link and its `expiresAt`, or a refusal.
 pub(super) fn read_reply(reply: &Reply) -> Result<Link, BackendError> {
-    reply.interpret(classify_reply, |reply| {
+    reply.interpret(refusal_kind, |reply| {
         let body = reply.json_or_code()?;
         Ok(Link {
             code: invite_code(&body, LINK_FIELDS)?,
             expires_at: expires_at(&body),
         })
     })
+}
+
+/// The default classification, except that a server error saying the session is
+/// disconnected (Wasend's 503) is reported as such; both are transient.
+fn refusal_kind(reply: &Reply, text: &str) -> ErrorKind {
+    match classify(reply.status, text) {
+        ErrorKind::BackendUnavailable
+            if (500..=599).contains(&reply.status)
+                && described(text) == Some(ErrorKind::SessionDisconnected) =>
+        {
+            ErrorKind::SessionDisconnected
+        }
+        kind => kind,
+    }
 }
 
 /// `expiresAt` as ISO 8601: RFC 3339, or a date and time without an offset (read as
@@ -105,6 +119,20 @@ impl Backend for Wasend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_error_saying_the_session_is_disconnected_is_session_disconnected() {
+        let kind = |status, text| refusal_kind(&Reply::from_parts(status, &[], Vec::new()), text);
+        assert_eq!(
+            kind(503, "session disconnected"),
+            ErrorKind::SessionDisconnected
+        );
+        assert_eq!(kind(503, ""), ErrorKind::BackendUnavailable);
+        assert_eq!(
+            kind(200, "session is not connected"),
+            ErrorKind::SessionDisconnected
+        );
+    }
 
     #[test]
     fn expires_at_reads_rfc_3339_and_offsetless_iso_8601_as_utc() {

@@ -42,7 +42,7 @@ pub fn transport_error(error: reqwest::Error) -> BackendError {
 /// message text (see [`Reply::error_text`]):
 /// 1. WhatsApp's own refusal words, passed through by WhatsApp-Web style gateways, win:
 ///    `rate-overlimit`, `not-authorized` (not an admin), `item-not-found` (no such group);
-/// 2. then the status: 401, 403, 404 (session or group by the text), 429 and 5xx;
+/// 2. then the status: 401, 403, 404 (session or group by the text), 408, 429 and 5xx;
 /// 3. any other status (400, other 4xx, a 2xx reporting failure) by what the text
 ///    describes, else `backend_protocol`.
 pub fn classify(status: u16, text: &str) -> ErrorKind {
@@ -56,12 +56,7 @@ pub fn classify(status: u16, text: &str) -> ErrorKind {
         // Request Timeout: the server gave up waiting; transient like a network timeout.
         408 => ErrorKind::BackendUnavailable,
         429 => ErrorKind::RateLimited,
-        // A server error that says the session is disconnected (Wasend's 503) is
-        // reported as such; both are transient.
-        500..=599 => match described(text) {
-            Some(ErrorKind::SessionDisconnected) => ErrorKind::SessionDisconnected,
-            _ => ErrorKind::BackendUnavailable,
-        },
+        500..=599 => ErrorKind::BackendUnavailable,
         _ => described(text).unwrap_or(ErrorKind::BackendProtocol),
     }
 }
@@ -69,9 +64,6 @@ pub fn classify(status: u16, text: &str) -> ErrorKind {
 /// A "not found" refusal: the session's when the text names a session or instance,
 /// else the group's.
 pub fn not_found(text: &str) -> ErrorKind {
-    // A page echoing wawp's request URL names its `instance_id` parameter: not a word
-    // about the session.
-    let text = text.replace("instance_id", "");
     if text.contains("session") || text.contains("instance") {
         ErrorKind::SessionNotFound
     } else {
@@ -79,22 +71,28 @@ pub fn not_found(text: &str) -> ErrorKind {
     }
 }
 
-fn whatsapp_refusal(text: &str) -> Option<ErrorKind> {
-    [
-        ("rate-overlimit", ErrorKind::RateLimited),
-        ("not-authorized", ErrorKind::NotAdmin),
-        ("item-not-found", ErrorKind::GroupNotFound),
-        // Baileys' error when the session's WhatsApp connection is gone (Evolution wraps
-        // it in a 404): transient, unlike the 404's usual meaning.
-        ("connection closed", ErrorKind::SessionDisconnected),
-        // Baileys' timeout (Evolution wraps it in a 404 too): transient.
-        ("timed out", ErrorKind::BackendUnavailable),
-    ]
-    .into_iter()
-    .find_map(|(word, kind)| text.contains(word).then_some(kind))
+/// WhatsApp's own refusal words, as WhatsApp-Web style gateways pass them through.
+pub fn whatsapp_refusal(text: &str) -> Option<ErrorKind> {
+    first_word(
+        text,
+        &[
+            ("rate-overlimit", ErrorKind::RateLimited),
+            ("not-authorized", ErrorKind::NotAdmin),
+            ("item-not-found", ErrorKind::GroupNotFound),
+        ],
+    )
 }
 
-fn described(text: &str) -> Option<ErrorKind> {
+/// The kind of the first of `words` that `text` contains (in the order of `words`).
+pub fn first_word(text: &str, words: &[(&str, ErrorKind)]) -> Option<ErrorKind> {
+    words
+        .iter()
+        .find_map(|(word, kind)| text.contains(word).then_some(*kind))
+}
+
+/// What a refusal's text describes in plain words, if anything: a missing session or
+/// group, a missing admin right, a disconnected session, a rate limit, a bad key.
+pub fn described(text: &str) -> Option<ErrorKind> {
     let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
     if has(&["not found", "not exist"]) {
         Some(not_found(text))
@@ -145,25 +143,9 @@ mod tests {
             (404, "session not found", SessionNotFound),
             (404, "the \"x\" instance does not exist", SessionNotFound),
             (404, "group not found", GroupNotFound),
-            (
-                404,
-                "[\"revoke error\", \"error: connection closed\"]",
-                SessionDisconnected,
-            ),
             (429, "", RateLimited),
             (503, "", BackendUnavailable),
-            (503, "session disconnected", SessionDisconnected),
-            (
-                404,
-                "[\"revoke error\", \"error: timed out\"]",
-                BackendUnavailable,
-            ),
             (408, "", BackendUnavailable),
-            (
-                404,
-                "cannot post /v2/groups/1%40g.us/invite-code?instance_id=x&access_token=[redacted]",
-                GroupNotFound,
-            ),
             (200, "not authorized to get invite link", NotAdmin),
             (502, "bad gateway", BackendUnavailable),
             (400, "invalid parameters", BackendProtocol),

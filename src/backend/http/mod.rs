@@ -20,7 +20,10 @@ use crate::{
     config::{BackendSettings, Secret},
     domain::{BackendError, ErrorKind, InviteCode, Link},
 };
-pub use classify::{classify, not_found, parse_retry_after, transport_error};
+pub use classify::{
+    classify, described, first_word, not_found, parse_retry_after, transport_error,
+    whatsapp_refusal,
+};
 use url::REDACTED;
 pub use url::{encode, endpoint, redact_url};
 
