@@ -7,7 +7,9 @@ use std::{future::Future, sync::Arc};
 use sea_orm::DbErr;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-type Request<Q, A> = (Q, oneshot::Sender<Result<A, DbErr>>);
+use super::StoreError;
+
+type Request<Q, A> = (Q, oneshot::Sender<Result<A, StoreError>>);
 
 /// A queue of requests of one kind, executed in batches by a few tasks.
 pub struct Batcher<Q, A> {
@@ -36,7 +38,7 @@ where
     pub fn start<F, Fut>(name: &'static str, runners: usize, max_batch: usize, run: F) -> Self
     where
         F: Fn(Arc<[Q]>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<Vec<A>, DbErr>> + Send,
+        Fut: Future<Output = Result<Vec<A>, StoreError>> + Send,
     {
         let (tx, rx) = mpsc::unbounded_channel::<Request<Q, A>>();
         let rx = Arc::new(Mutex::new(rx));
@@ -65,10 +67,10 @@ where
     }
 
     /// Submits one request now (so requests queue in call order) and returns its answer.
-    pub fn call(&self, request: Q) -> impl Future<Output = Result<A, DbErr>> + use<Q, A> {
+    pub fn call(&self, request: Q) -> impl Future<Output = Result<A, StoreError>> + use<Q, A> {
         let (reply, answer) = oneshot::channel();
         let name = self.name;
-        let stopped = move || DbErr::Custom(format!("{name} queue stopped"));
+        let stopped = move || StoreError::from(DbErr::Custom(format!("{name} queue stopped")));
         let sent = self.tx.send((request, reply)).is_ok();
         async move {
             if !sent {
@@ -80,11 +82,11 @@ where
 }
 
 /// Runs one batch; on failure of a batch of several, each request on its own.
-async fn execute<Q, A, F, Fut>(run: &F, requests: Vec<Q>) -> Vec<Result<A, DbErr>>
+async fn execute<Q, A, F, Fut>(run: &F, requests: Vec<Q>) -> Vec<Result<A, StoreError>>
 where
     Q: Clone,
     F: Fn(Arc<[Q]>) -> Fut,
-    Fut: Future<Output = Result<Vec<A>, DbErr>>,
+    Fut: Future<Output = Result<Vec<A>, StoreError>>,
 {
     let n = requests.len();
     let all: Arc<[Q]> = requests.into();
@@ -94,9 +96,9 @@ where
             let got = answers.len();
             (0..n)
                 .map(|_| {
-                    Err(DbErr::Custom(format!(
+                    Err(StoreError::from(DbErr::Custom(format!(
                         "batch answered {got} of {n} requests"
-                    )))
+                    ))))
                 })
                 .collect()
         }
@@ -107,10 +109,10 @@ where
                 let one: Arc<[Q]> = Arc::from(vec![q.clone()]);
                 out.push(match run(one).await {
                     Ok(mut a) if a.len() == 1 => Ok(a.remove(0)),
-                    Ok(a) => Err(DbErr::Custom(format!(
+                    Ok(a) => Err(StoreError::from(DbErr::Custom(format!(
                         "batch answered {} of 1 requests",
                         a.len()
-                    ))),
+                    )))),
                     Err(e) => Err(e),
                 });
             }

@@ -349,7 +349,7 @@ async fn a_replayed_dead_letter_completes_once_the_fault_is_gone(db: Db) {
     assert_eq!(history, ["failed", "replayed", "rotated"]);
     let row = worker
         .store
-        .inbox_get(&id.to_string())
+        .find_command(&id.to_string())
         .await
         .expect("read")
         .expect("row");

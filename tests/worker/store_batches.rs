@@ -52,7 +52,7 @@ fn command(n: usize) -> Command {
 /// Completes a command on group 3 with code `Done3`: the group is tracked. Returns it.
 async fn track_group_3(store: &Store) -> Command {
     let done = command(3);
-    store.inbox_begin(&done).await.unwrap();
+    store.begin_command(&done).await.unwrap();
     store
         .complete(&rotated(&done, "Done3", None))
         .await
@@ -70,7 +70,7 @@ async fn batched_receipts_attempts_leases_and_reads_answer_each_request(db: Db) 
     let env = TestEnv::new(db).await;
     let store = store(&env).await;
     let (a, b, c) = (command(1), command(2), command(3));
-    store.inbox_begin(&c).await.unwrap();
+    store.begin_command(&c).await.unwrap();
     assert!(
         store
             .mark_executing(&c.id.to_string(), Some("Old1"), 2)
@@ -80,7 +80,7 @@ async fn batched_receipts_attempts_leases_and_reads_answer_each_request(db: Db) 
 
     // A duplicate in the batch and a row that already exists each get their row.
     let rows = store
-        .inbox_begin_many(&[a.clone(), b.clone(), a.clone(), c.clone()])
+        .begin_commands(&[a.clone(), b.clone(), a.clone(), c.clone()])
         .await
         .unwrap();
     let ids: Vec<String> = rows.iter().map(|r| r.command_id.clone()).collect();
@@ -98,7 +98,11 @@ async fn batched_receipts_attempts_leases_and_reads_answer_each_request(db: Db) 
         .await
         .unwrap();
     assert_eq!(marked, [true, false]);
-    let a_row = store.inbox_get(&a.id.to_string()).await.unwrap().unwrap();
+    let a_row = store
+        .find_command(&a.id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (
             a_row.status.as_str(),
@@ -176,10 +180,7 @@ async fn a_batch_commit_writes_fresh_outcomes_only_and_keeps_their_order(db: Db)
     let env = TestEnv::new(db).await;
     let store = store(&env).await;
     let (a, b) = (command(1), command(2));
-    store
-        .inbox_begin_many(&[a.clone(), b.clone()])
-        .await
-        .unwrap();
+    store.begin_commands(&[a.clone(), b.clone()]).await.unwrap();
     let ttl = std::time::Duration::from_secs(30);
     let held = store
         .try_lease_many(&["la".to_string(), "lb".to_string()], "me", ttl)
@@ -202,7 +203,11 @@ async fn a_batch_commit_writes_fresh_outcomes_only_and_keeps_their_order(db: Db)
     let a_link = store.link_get(&GroupKey::of(&a)).await.unwrap().unwrap();
     assert_eq!(a_link.invite_code.as_deref(), Some("CodeA1"));
     assert_eq!(a_link.rotation_count, 1);
-    let b_row = store.inbox_get(&b.id.to_string()).await.unwrap().unwrap();
+    let b_row = store
+        .find_command(&b.id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(b_row.status, STATUS_DONE);
     assert_eq!(b_row.new_code.as_deref(), Some("CodeB1"));
     assert_eq!(b_row.event_id, second.messages[0].message_id);
@@ -269,10 +274,7 @@ async fn a_failed_outcome_keeps_its_error_and_a_rotated_one_in_the_same_batch_it
     let env = TestEnv::new(db).await;
     let store = store(&env).await;
     let (a, b) = (command(1), command(2));
-    store
-        .inbox_begin_many(&[a.clone(), b.clone()])
-        .await
-        .unwrap();
+    store.begin_commands(&[a.clone(), b.clone()]).await.unwrap();
     let mut failed = rotated(&a, "Unused", None);
     failed.attempts = 3;
     failed.external_change = None;
@@ -289,7 +291,11 @@ async fn a_failed_outcome_keeps_its_error_and_a_rotated_one_in_the_same_batch_it
         [true, true]
     );
 
-    let a_row = store.inbox_get(&a.id.to_string()).await.unwrap().unwrap();
+    let a_row = store
+        .find_command(&a.id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(a_row.status, STATUS_DONE);
     assert_eq!(a_row.outcome.as_deref(), Some("failed"));
     assert_eq!(a_row.attempts, 3);
@@ -309,7 +315,11 @@ async fn a_failed_outcome_keeps_its_error_and_a_rotated_one_in_the_same_batch_it
         store.link_get(&GroupKey::of(&a)).await.unwrap().is_none(),
         "a failure on an untracked group writes no link"
     );
-    let b_row = store.inbox_get(&b.id.to_string()).await.unwrap().unwrap();
+    let b_row = store
+        .find_command(&b.id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(b_row.outcome.as_deref(), Some("rotated"));
     assert_eq!((b_row.error_kind, b_row.http_status), (None, None));
     let b_link = store.link_get(&GroupKey::of(&b)).await.unwrap().unwrap();
@@ -342,7 +352,7 @@ async fn begin_records_each_command_and_takes_only_free_leases(db: Db) {
     let store = store(&env).await;
     let ttl = std::time::Duration::from_secs(30);
     let (a, b, c) = (command(1), command(2), command(3));
-    store.inbox_begin(&c).await.unwrap();
+    store.begin_command(&c).await.unwrap();
     store.complete(&rotated(&c, "Done3", None)).await.unwrap();
     assert_eq!(
         store
@@ -408,7 +418,7 @@ async fn migrations_go_down_and_up_again(db: Db) {
     );
     store.migrate().await.expect("and up again");
     store
-        .inbox_begin(&command(1))
+        .begin_command(&command(1))
         .await
         .expect("the tables work");
     store.close().await;
@@ -456,8 +466,8 @@ async fn a_first_attempt_records_the_stored_code_and_returns_the_link(db: Db) {
     let store = store(&env).await;
     let done = track_group_3(&store).await;
     let (tracked, untracked) = (command(3), command(1));
-    store.inbox_begin(&tracked).await.unwrap();
-    store.inbox_begin(&untracked).await.unwrap();
+    store.begin_command(&tracked).await.unwrap();
+    store.begin_command(&untracked).await.unwrap();
     let first = |cmd: &Command| FirstAttempt {
         command_id: cmd.id.to_string(),
         key: GroupKey::of(cmd),
@@ -477,7 +487,11 @@ async fn a_first_attempt_records_the_stored_code_and_returns_the_link(db: Db) {
     );
     assert_eq!(got[0].1.as_ref().unwrap().group_id, group(3));
     for (cmd, before) in [(&tracked, Some("Done3")), (&untracked, None)] {
-        let row = store.inbox_get(&cmd.id.to_string()).await.unwrap().unwrap();
+        let row = store
+            .find_command(&cmd.id.to_string())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (
                 row.status.as_str(),
@@ -488,7 +502,7 @@ async fn a_first_attempt_records_the_stored_code_and_returns_the_link(db: Db) {
         );
     }
     let row = store
-        .inbox_get(&done.id.to_string())
+        .find_command(&done.id.to_string())
         .await
         .unwrap()
         .unwrap();
@@ -506,7 +520,7 @@ async fn begin_records_the_first_attempt_of_new_leased_commands_on_postgres(db: 
     let ttl = std::time::Duration::from_secs(30);
     track_group_3(&store).await;
     let (tracked, untracked, busy, existing) = (command(3), command(1), command(2), command(4));
-    store.inbox_begin(&existing).await.unwrap();
+    store.begin_command(&existing).await.unwrap();
     store
         .try_lease_many(&["l2".to_string()], "other", ttl)
         .await
@@ -562,7 +576,11 @@ async fn begin_records_the_first_attempt_of_new_leased_commands_on_postgres(db: 
         (&busy, received, None),
         (&existing, received, None),
     ] {
-        let row = store.inbox_get(&cmd.id.to_string()).await.unwrap().unwrap();
+        let row = store
+            .find_command(&cmd.id.to_string())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (
                 (row.status.as_str(), row.attempts),
@@ -639,7 +657,11 @@ async fn a_first_attempt_at_receipt_sees_a_commit_that_released_the_lease_meanwh
         got.link.and_then(|l| l.invite_code).as_deref(),
         Some("Newer")
     );
-    let row = store.inbox_get(&cmd.id.to_string()).await.unwrap().unwrap();
+    let row = store
+        .find_command(&cmd.id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.before_code.as_deref(), Some("Newer"));
     for s in [other, watcher, store] {
         s.close().await;
