@@ -22,7 +22,7 @@ use crate::{
         command,
         events::{ERROR_HEADER, ORIGINAL_ROUTING_KEY_HEADER},
     },
-    store::Store,
+    store::{Store, StoreError},
 };
 
 /// One message of the dead-letter queue, as far as it could be read.
@@ -65,7 +65,7 @@ pub enum DeadLetterError {
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
     #[error("database: {0}")]
-    Database(#[from] sea_orm::DbErr),
+    Database(#[from] StoreError),
     #[error("the broker did not confirm a replayed command (nack or timeout)")]
     NotConfirmed,
 }

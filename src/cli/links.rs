@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::{
     domain::{LINK_PREFIX, events::rfc3339},
-    store::{GroupKey, Store},
+    store::{GroupKey, Store, StoreError},
 };
 
 #[derive(Serialize)]
@@ -60,11 +60,11 @@ fn view(l: entity::link::Model) -> LinkView {
     }
 }
 
-pub async fn list(store: &Store) -> Result<Vec<LinkView>, sea_orm::DbErr> {
+pub async fn list(store: &Store) -> Result<Vec<LinkView>, StoreError> {
     Ok(store.links().await?.into_iter().map(view).collect())
 }
 
-pub async fn show(store: &Store, key: &GroupKey) -> Result<LinkDetail, sea_orm::DbErr> {
+pub async fn show(store: &Store, key: &GroupKey) -> Result<LinkDetail, StoreError> {
     let link = store.link_get(key).await?.map(view);
     let history = store
         .history(key)

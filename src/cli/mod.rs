@@ -20,7 +20,7 @@ use self::dead_letters::Selection;
 use crate::{
     config::Settings,
     domain::CommandType,
-    store::{GroupKey, Store},
+    store::{GroupKey, Store, StoreError},
     worker::Worker,
 };
 
@@ -316,8 +316,8 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-impl From<sea_orm::DbErr> for Failure {
-    fn from(e: sea_orm::DbErr) -> Self {
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
         Failure {
             code: 1,
             message: format!("database: {e}"),

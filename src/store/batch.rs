@@ -159,7 +159,7 @@ mod tests {
     async fn a_failing_batch_is_retried_one_by_one() {
         let b = Batcher::start("test", 2, 64, |qs: Arc<[i32]>| async move {
             if qs.iter().any(|q| *q < 0) {
-                return Err(DbErr::Custom("negative".into()));
+                return Err(DbErr::Custom("negative".into()).into());
             }
             Ok(qs.to_vec())
         });

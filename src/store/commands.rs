@@ -102,9 +102,9 @@ impl Store {
         &self,
         command_id: &str,
     ) -> Result<Option<command::Model>, StoreError> {
-        command::Entity::find_by_id(command_id.to_owned())
+        Ok(command::Entity::find_by_id(command_id.to_owned())
             .one(&self.fast)
-            .await
+            .await?)
     }
 
     /// Persists, before a reset call, the code being replaced and the attempt number.

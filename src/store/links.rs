@@ -41,22 +41,22 @@ impl Store {
     }
 
     pub async fn links(&self) -> Result<Vec<link::Model>, StoreError> {
-        link::Entity::find()
+        Ok(link::Entity::find()
             .order_by_asc(link::Column::Backend)
             .order_by_asc(link::Column::SessionId)
             .order_by_asc(link::Column::GroupId)
             .all(&self.db)
-            .await
+            .await?)
     }
 
     pub async fn history(&self, key: &GroupKey) -> Result<Vec<history::Model>, StoreError> {
-        history::Entity::find()
+        Ok(history::Entity::find()
             .filter(history::Column::Backend.eq(&key.backend))
             .filter(history::Column::SessionId.eq(&key.session_id))
             .filter(history::Column::GroupId.eq(&key.group_id))
             .order_by_asc(history::Column::Id)
             .all(&self.db)
-            .await
+            .await?)
     }
 
     /// Claims up to `limit` links whose expiry is at or before `due` and for which no
@@ -87,10 +87,10 @@ impl Store {
         };
         let values = [now.into(), due.into(), stale.into(), (limit as i64).into()];
         let stmt = Statement::from_sql_and_values(self.dialect.backend(), sql, values);
-        link::Entity::find()
+        Ok(link::Entity::find()
             .from_raw_sql(stmt)
             .all(&self.fast)
-            .await
+            .await?)
     }
 
     /// Forgets a claim so the next scan publishes again (after a failed publish).
@@ -114,10 +114,10 @@ impl Store {
     }
 
     pub async fn count_links_due(&self, due: DateTime<Utc>) -> Result<u64, StoreError> {
-        link::Entity::find()
+        Ok(link::Entity::find()
             .filter(link::Column::ExpiresAt.lte(due))
             .count(&self.db)
-            .await
+            .await?)
     }
 }
 

@@ -2,12 +2,13 @@
 //! PostgreSQL statements side by side: commands and their receipt, group leases and
 //! worker heartbeats, links with their history and schedule claims, the outbox, and the
 //! outcome commit (each outcome in one transaction). Concurrent commands share batched
-//! statements through [`Batches`].
+//! statements through [`Batches`]; failures are [`StoreError`]s classified by kind.
 
 mod batch;
 mod batches;
 mod commands;
 mod commit;
+mod error;
 mod leases;
 mod links;
 mod outbox;
@@ -27,14 +28,12 @@ pub use batch::Batcher;
 pub use batches::Batches;
 pub use commands::{Attempt, FirstAttempt};
 pub use commit::{Completion, Outcome};
+pub use error::{DbErrorKind, StoreError};
 pub use leases::RELEASED;
 pub use outbox::OutboxBatch;
 pub use receipt::{Begin, Begun};
 
 use crate::domain::Command;
-
-/// A failed database operation.
-pub type StoreError = sea_orm::DbErr;
 
 pub const STATUS_RECEIVED: &str = "received";
 pub const STATUS_EXECUTING: &str = "executing";
@@ -211,13 +210,13 @@ impl Store {
     /// so that replicas starting together on a fresh database do not race.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         if self.dialect == Dialect::Sqlite {
-            return Migrator::up(&self.db, None).await;
+            return Ok(Migrator::up(&self.db, None).await?);
         }
         let txn = self.db.begin().await?;
         txn.execute_unprepared("SELECT pg_advisory_xact_lock(7261534019)")
             .await?;
         Migrator::up(&txn, None).await?;
-        txn.commit().await
+        Ok(txn.commit().await?)
     }
 
     pub async fn ping(&self) -> bool {

@@ -82,10 +82,10 @@ impl Store {
                 // Released now (not when the connection is next used): the rows are
                 // published again later.
                 let _ = txn.rollback().await;
-                return Err(e);
+                return Err(e.into());
             }
         }
-        txn.commit().await
+        Ok(txn.commit().await?)
     }
 
     /// Claims up to `limit` unsent rows for `claim_for` (PostgreSQL replicas skip rows

@@ -10,7 +10,7 @@ use std::{
 
 use tokio::sync::OwnedMutexGuard;
 
-use crate::store::{Batcher, Store};
+use crate::store::{Batcher, Store, StoreError};
 
 #[derive(Clone, Default)]
 pub struct Lanes {
@@ -73,7 +73,7 @@ impl Lease {
         owner: &str,
         ttl: Duration,
         patience: Duration,
-    ) -> Result<Option<Lease>, sea_orm::DbErr> {
+    ) -> Result<Option<Lease>, StoreError> {
         let deadline = tokio::time::Instant::now() + patience;
         let mut wait = Duration::from_millis(10);
         loop {

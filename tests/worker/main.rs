@@ -16,3 +16,4 @@ mod scheduler;
 mod secrets;
 mod shutdown;
 mod store_batches;
+mod store_errors;

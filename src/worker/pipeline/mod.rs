@@ -27,7 +27,7 @@ use crate::{
     config::{BackendSettings, Settings},
     domain::{BackendError, BackendResolver, Command, ErrorKind, GroupIdStyle, Link, command},
     ops::metrics as m,
-    store::{self, Store},
+    store::{self, Store, StoreError},
 };
 
 /// A configured backend and the pacer of its sessions' requests.
@@ -97,33 +97,15 @@ pub struct Interrupted;
 #[derive(Debug)]
 enum Unsettled {
     Interrupted,
-    /// The database keeps rejecting this command's statements (not a connection
-    /// problem): retrying will not help, so it goes to the dead-letter queue.
+    /// The database keeps rejecting this command's statements (not a connection, lock
+    /// or serialization problem): retrying will not help, so it goes to the dead-letter
+    /// queue.
     Poison(String),
 }
 
-/// Database errors that mean "unreachable" or "busy": retried for as long as it takes.
-fn is_connection_error(e: &sea_orm::DbErr) -> bool {
-    matches!(
-        e,
-        sea_orm::DbErr::Conn(_) | sea_orm::DbErr::ConnectionAcquire(_)
-    ) || {
-        let text = e.to_string().to_ascii_lowercase();
-        [
-            "connection",
-            "locked",
-            "busy",
-            "timed out",
-            "pool",
-            "shutting down",
-            "terminating",
-        ]
-        .iter()
-        .any(|needle| text.contains(needle))
-    }
-}
-
-/// Other database errors are retried this often before the command is dead-lettered.
+/// Database errors of a kind that retrying cannot cure (see [`StoreError::is_transient`])
+/// are retried this often before the command is dead-lettered; the others for as long as
+/// it takes.
 const POISON_AFTER: u32 = 5;
 
 /// A command's delivery as its copies keep it: the body, and the headers of its origin
@@ -185,7 +167,7 @@ impl Pipeline {
     async fn persist<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, Unsettled>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, sea_orm::DbErr>>,
+        Fut: Future<Output = Result<T, StoreError>>,
     {
         let started = std::time::Instant::now();
         let mut backoff = infra_backoff();
@@ -197,7 +179,7 @@ impl Pipeline {
                     return Ok(v);
                 }
                 Err(e) => {
-                    if !is_connection_error(&e) {
+                    if !e.is_transient() {
                         rejected += 1;
                         if rejected >= POISON_AFTER {
                             return Err(Unsettled::Poison(format!(
