@@ -35,13 +35,13 @@ fn every_backend_kind_has_an_example_that_loads_and_validates() {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let default = &settings.backends[&settings.default_backend];
         assert_eq!(
-            default.kind,
+            default.kind(),
             kind,
             "{}: default backend's kind",
             path.display()
         );
         for (name, b) in &settings.backends {
-            if b.kind.needs_token() {
+            if b.kind().needs_token() {
                 let token = b.secret().map(|s| s.expose());
                 assert_eq!(token, Some(TOKEN), "{}: backends.{name}", path.display());
             }

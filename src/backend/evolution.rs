@@ -1,6 +1,8 @@
 //! The `evolution` backend kind: Evolution API. `apikey` header auth; the session is the
 //! instance in the path and the group JID goes in the `groupJid` query parameter.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use reqwest::Method;
 
@@ -9,7 +11,7 @@ use super::{
     http::{Auth, HttpApi, Reply, classify, first_word, whatsapp_refusal},
 };
 use crate::{
-    config::BackendSettings,
+    config::HttpProvider,
     domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
@@ -18,9 +20,9 @@ pub struct Evolution {
 }
 
 impl Evolution {
-    pub fn new(settings: &BackendSettings) -> Result<Self, String> {
+    pub fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, String> {
         Ok(Self {
-            api: HttpApi::new(settings, Auth::Header("apikey"), None)?,
+            api: HttpApi::new(http, timeout, Auth::Header("apikey"), None)?,
         })
     }
 

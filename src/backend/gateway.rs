@@ -1,6 +1,8 @@
 //! The `gateway` backend kind: the self-hosted "WhatsApp Gateway". Bearer auth; the link
 //! is read with GET and reset with DELETE on `/api/v1/sessions/{session}/groups/{gid}/invite`.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::Value;
@@ -10,7 +12,7 @@ use super::{
     http::{Auth, HttpApi, Reply, classify, not_found},
 };
 use crate::{
-    config::BackendSettings,
+    config::HttpProvider,
     domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
@@ -19,9 +21,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(settings: &BackendSettings) -> Result<Self, String> {
+    pub fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, String> {
         Ok(Self {
-            api: HttpApi::new(settings, Auth::Bearer, None)?,
+            api: HttpApi::new(http, timeout, Auth::Bearer, None)?,
         })
     }
 

@@ -1,6 +1,8 @@
 //! The `meta_cloud` backend kind: the WhatsApp Business Cloud API (Graph API). It can
 //! only reset a link (POST `/{version}/{group_id}/invite_link`), not read the current one.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -10,7 +12,7 @@ use super::{
     http::{Auth, HttpApi, Reply, classify},
 };
 use crate::{
-    config::BackendSettings,
+    config::HttpProvider,
     domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
@@ -23,13 +25,15 @@ pub struct MetaCloud {
 }
 
 impl MetaCloud {
-    pub fn new(settings: &BackendSettings) -> Result<Self, String> {
+    /// `api_version`: the Graph API version (`None`: [`DEFAULT_API_VERSION`]).
+    pub fn new(
+        http: &HttpProvider,
+        timeout: Duration,
+        api_version: Option<&str>,
+    ) -> Result<Self, String> {
         Ok(Self {
-            api: HttpApi::new(settings, Auth::Bearer, Some(DEFAULT_BASE_URL))?,
-            version: settings
-                .api_version
-                .clone()
-                .unwrap_or_else(|| DEFAULT_API_VERSION.to_owned()),
+            api: HttpApi::new(http, timeout, Auth::Bearer, Some(DEFAULT_BASE_URL))?,
+            version: api_version.unwrap_or(DEFAULT_API_VERSION).to_owned(),
         })
     }
 }

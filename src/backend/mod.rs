@@ -15,7 +15,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::domain::{BackendError, BackendKind, GroupId, Link, SessionId};
+use crate::{
+    config::{BackendSettings, Provider},
+    domain::{BackendError, BackendKind, GroupId, Link, SessionId},
+    simulator::SimWorld,
+};
 
 /// One configured backend (a provider account, or the in-process simulator).
 #[async_trait]
@@ -61,23 +65,29 @@ pub fn read_reply(kind: BackendKind, reply: &http::Reply) -> Result<Link, Backen
 /// each; the simulator kind runs against `world`.
 pub fn build(
     name: &str,
-    settings: &crate::config::BackendSettings,
-    world: &crate::simulator::SimWorld,
+    settings: &BackendSettings,
+    world: &SimWorld,
 ) -> Result<SharedBackend, String> {
     fn shared<B: Backend + 'static>(backend: Result<B, String>) -> Result<SharedBackend, String> {
         backend.map(|b| Arc::new(b) as SharedBackend)
     }
-    let backend = match settings.kind {
-        BackendKind::Simulator => Ok(Arc::new(simulator::SimulatorBackend::new(
-            world.clone(),
-            settings.timeout,
-        )) as SharedBackend),
-        BackendKind::Wasend => shared(wasend::Wasend::new(settings)),
-        BackendKind::Wawp => shared(wawp::Wawp::new(settings)),
-        BackendKind::Gateway => shared(gateway::Gateway::new(settings)),
-        BackendKind::MetaCloud => shared(meta_cloud::MetaCloud::new(settings)),
-        BackendKind::Waha => shared(waha::Waha::new(settings)),
-        BackendKind::Evolution => shared(evolution::Evolution::new(settings)),
+    let timeout = settings.timeout;
+    let backend = match &settings.provider {
+        Provider::Simulator { .. } => {
+            Ok(Arc::new(simulator::SimulatorBackend::new(world.clone(), timeout)) as SharedBackend)
+        }
+        Provider::Wasend { http, endpoints } => {
+            shared(wasend::Wasend::new(http, timeout, *endpoints))
+        }
+        Provider::Wawp(http) => shared(wawp::Wawp::new(http, timeout)),
+        Provider::Gateway(http) => shared(gateway::Gateway::new(http, timeout)),
+        Provider::MetaCloud { http, api_version } => shared(meta_cloud::MetaCloud::new(
+            http,
+            timeout,
+            api_version.as_deref(),
+        )),
+        Provider::Waha(http) => shared(waha::Waha::new(http, timeout)),
+        Provider::Evolution(http) => shared(evolution::Evolution::new(http, timeout)),
     };
     backend.map_err(|e| format!("backends.{name}: {e}"))
 }

@@ -1,6 +1,8 @@
 //! The `waha` backend kind: WAHA, the self-hosted WhatsApp HTTP API. `X-Api-Key` auth;
 //! the invite code comes back as a bare JSON string (a code or a full link).
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use reqwest::Method;
 
@@ -9,7 +11,7 @@ use super::{
     http::{Auth, HttpApi, Reply, classify},
 };
 use crate::{
-    config::BackendSettings,
+    config::HttpProvider,
     domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
@@ -21,9 +23,9 @@ pub struct Waha {
 }
 
 impl Waha {
-    pub fn new(settings: &BackendSettings) -> Result<Self, String> {
+    pub fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, String> {
         Ok(Self {
-            api: HttpApi::new(settings, Auth::Header("X-Api-Key"), None)?,
+            api: HttpApi::new(http, timeout, Auth::Header("X-Api-Key"), None)?,
         })
     }
 

@@ -1,6 +1,8 @@
 //! The `wasend` backend kind: Bearer auth, either the `invite-link` endpoint family of
 //! the docs (the only provider reporting `expiresAt`) or the SDK's older `invite-code` one.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use reqwest::Method;
@@ -11,7 +13,7 @@ use super::{
     http::{Auth, HttpApi, Reply, classify, described, invite_code},
 };
 use crate::{
-    config::BackendSettings,
+    config::{HttpProvider, WasendEndpoints},
     domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
@@ -25,15 +27,15 @@ pub struct Wasend {
 }
 
 impl Wasend {
-    pub fn new(settings: &BackendSettings) -> Result<Self, String> {
-        let family = match settings.endpoints.as_deref() {
-            None | Some("invite-link") => "invite-link",
-            Some("invite-code") => "invite-code",
-            Some(other) => return Err(format!("endpoints: unknown family {other:?}")),
-        };
+    /// `endpoints`: the endpoint family (`None`: `invite-link`).
+    pub fn new(
+        http: &HttpProvider,
+        timeout: Duration,
+        endpoints: Option<WasendEndpoints>,
+    ) -> Result<Self, String> {
         Ok(Self {
-            api: HttpApi::new(settings, Auth::Bearer, None)?,
-            family,
+            api: HttpApi::new(http, timeout, Auth::Bearer, None)?,
+            family: endpoints.unwrap_or(WasendEndpoints::InviteLink).as_str(),
         })
     }
 

@@ -1,6 +1,8 @@
 //! The `wawp` backend kind: WAHA-style paths under `/v2`, authenticated by the
 //! `instance_id` (the session) and `access_token` query parameters, which are never logged.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use reqwest::Method;
 
@@ -10,7 +12,7 @@ use super::{
     waha,
 };
 use crate::{
-    config::BackendSettings,
+    config::HttpProvider,
     domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
@@ -19,9 +21,9 @@ pub struct Wawp {
 }
 
 impl Wawp {
-    pub fn new(settings: &BackendSettings) -> Result<Self, String> {
+    pub fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, String> {
         Ok(Self {
-            api: HttpApi::new(settings, Auth::Query("access_token"), None)?,
+            api: HttpApi::new(http, timeout, Auth::Query("access_token"), None)?,
         })
     }
 

@@ -251,15 +251,17 @@ pub(super) async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::BackendSettings, domain::BackendKind};
+    use crate::config::{BackendSettings, HttpProvider, Provider};
 
     fn settings() -> Settings {
         let mut s = Settings::default();
         s.backends
             .insert("sim".into(), BackendSettings::simulator());
-        let mut meta = BackendSettings::simulator();
-        meta.kind = BackendKind::MetaCloud;
-        s.backends.insert("meta".into(), meta);
+        let meta = Provider::MetaCloud {
+            http: HttpProvider::new(None, None),
+            api_version: None,
+        };
+        s.backends.insert("meta".into(), BackendSettings::of(meta));
         s
     }
 

@@ -15,7 +15,7 @@ use crate::domain::{BackendKind, BackendResolver, GroupIdStyle, command::MAX_BAC
 mod backend;
 mod secret;
 
-pub use backend::{BackendSettings, RateLimit};
+pub use backend::{BackendSettings, HttpProvider, KeyError, Provider, RateLimit, WasendEndpoints};
 pub use secret::Secret;
 use secret::redact_url;
 
@@ -271,11 +271,14 @@ impl Settings {
 
     fn resolve_secrets(&mut self, env: &[(String, String)]) -> Result<(), ConfigError> {
         for (name, b) in &mut self.backends {
-            if b.token.is_none()
-                && let Some(var) = &b.token_env
+            let Some(http) = b.http_mut() else {
+                continue;
+            };
+            if http.token.is_none()
+                && let Some(var) = &http.token_env
             {
                 match env.iter().find(|(k, _)| k == var) {
-                    Some((_, v)) if !v.is_empty() => b.token = Some(Secret::new(v.clone())),
+                    Some((_, v)) if !v.is_empty() => http.token = Some(Secret::new(v.clone())),
                     _ => {
                         return Err(ConfigError(format!(
                             "backends.{name}.token_env: environment variable {var} is not set"
@@ -362,11 +365,12 @@ impl Settings {
                     &format!("backend names are 1..={} of A-Za-z0-9_-", MAX_BACKEND_CHARS),
                 );
             }
-            if b.kind.needs_token() && b.token.as_ref().is_none_or(|t| t.expose().is_empty()) {
+            let kind = b.kind();
+            if kind.needs_token() && b.secret().is_none_or(|t| t.expose().is_empty()) {
                 return err(&key("token"), "missing (set token or token_env)");
             }
-            let needs_base = !matches!(b.kind, BackendKind::Simulator | BackendKind::MetaCloud);
-            match &b.base_url {
+            let needs_base = !matches!(kind, BackendKind::Simulator | BackendKind::MetaCloud);
+            match b.http().and_then(|h| h.base_url.as_ref()) {
                 None if needs_base => return err(&key("base_url"), "missing"),
                 Some(u) => match url::Url::parse(u) {
                     Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
@@ -381,24 +385,6 @@ impl Settings {
             }
             if b.timeout.is_zero() {
                 return err(&key("timeout"), "must be > 0");
-            }
-            if let Some(e) = &b.endpoints
-                && !(b.kind == BackendKind::Wasend
-                    && matches!(e.as_str(), "invite-link" | "invite-code"))
-            {
-                return err(
-                    &key("endpoints"),
-                    "only for wasend: \"invite-link\" or \"invite-code\"",
-                );
-            }
-            if let Some(v) = &b.api_version {
-                let ok = b.kind == BackendKind::MetaCloud
-                    && v.starts_with('v')
-                    && v.len() <= 10
-                    && v[1..].bytes().all(|c| c.is_ascii_digit() || c == b'.');
-                if !ok {
-                    return err(&key("api_version"), "only for meta_cloud, like \"v23.0\"");
-                }
             }
         }
         Ok(())
@@ -427,7 +413,7 @@ impl BackendResolver for Settings {
     }
 
     fn group_style(&self, backend: &str) -> Option<GroupIdStyle> {
-        self.backends.get(backend).map(|b| b.kind.group_style())
+        self.backends.get(backend).map(|b| b.kind().group_style())
     }
 }
 
@@ -446,8 +432,18 @@ fn parse_env_value(v: &str) -> figment::value::Value {
 fn describe(e: figment::Error) -> String {
     let mut out = Vec::new();
     for err in e {
-        let key = err.path.join(".");
-        let kind = err.kind.to_string();
+        let mut key = err.path.join(".");
+        let mut kind = err.kind.to_string();
+        // A key the kind of a `[backends.NAME]` block does not take ([`KeyError`]) is
+        // named like the keys `validate` names: `backends.NAME.KEY`.
+        if let figment::error::Kind::Message(message) = &err.kind
+            && err.path.first().is_some_and(|p| p == "backends")
+            && let Some((name, problem)) = message.split_once(": ")
+            && KeyError::KEYS.contains(&name)
+        {
+            key = format!("{key}.{name}");
+            kind = problem.to_owned();
+        }
         if key.is_empty() {
             out.push(kind)
         } else {

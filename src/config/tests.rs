@@ -129,16 +129,13 @@ fn token_from_env_var_and_override() {
         &[("ACME_T", "s3cret")],
     )
     .unwrap();
-    assert_eq!(
-        s.backends["acme"].token.as_ref().unwrap().expose(),
-        "s3cret"
-    );
+    assert_eq!(s.backends["acme"].secret().unwrap().expose(), "s3cret");
     let s = load(
         "[backends.acme]\nkind = \"waha\"\nbase_url = \"http://h\"\n",
         &[("INVITE_WORKER__BACKENDS__ACME__TOKEN", "t0k")],
     )
     .unwrap();
-    assert_eq!(s.backends["acme"].token.as_ref().unwrap().expose(), "t0k");
+    assert_eq!(s.backends["acme"].secret().unwrap().expose(), "t0k");
 }
 
 #[test]
@@ -154,7 +151,7 @@ fn secrets_are_redacted_in_debug_and_dump() {
     assert!(dump.contains("token = \"[redacted]\""), "{dump}");
     // The dump is real TOML that reads back as settings.
     let back: Settings = toml::from_str(&dump).expect(&dump);
-    assert_eq!(back.backends["acme"].kind, BackendKind::Waha);
+    assert_eq!(back.backends["acme"].kind(), BackendKind::Waha);
     assert_eq!(back.rotation.lead, s.rotation.lead);
     assert_eq!(
         back.amqp.url.expose(),
@@ -196,4 +193,119 @@ fn rate_limits_parse() {
     );
     assert!(RateLimit::parse("5/h").is_err());
     assert!(RateLimit::parse("0/s").is_err());
+}
+
+#[test]
+fn each_kind_takes_only_its_own_keys() {
+    let waha = "kind = \"waha\"\nbase_url = \"http://h\"\ntoken = \"t\"\n";
+    for (block, key) in [
+        (
+            format!("{waha}api_version = \"v23.0\"\n"),
+            "backends.x.api_version",
+        ),
+        (
+            format!("{waha}endpoints = \"invite-code\"\n"),
+            "backends.x.endpoints",
+        ),
+        (format!("{waha}latency = \"5ms\"\n"), "backends.x.latency"),
+        (
+            "kind = \"wasend\"\nbase_url = \"http://h\"\ntoken = \"t\"\nendpoints = \"x\"\n".into(),
+            "backends.x.endpoints",
+        ),
+        (
+            "kind = \"meta_cloud\"\ntoken = \"t\"\napi_version = \"23\"\n".into(),
+            "backends.x.api_version",
+        ),
+        (
+            "kind = \"simulator\"\ntoken = \"t\"\n".into(),
+            "backends.x.token",
+        ),
+        (
+            "kind = \"simulator\"\nbase_url = \"http://h\"\n".into(),
+            "backends.x.base_url",
+        ),
+        (
+            "kind = \"simulator\"\ntoken_env = \"T\"\n".into(),
+            "backends.x.token_env",
+        ),
+        (
+            "kind = \"simulator\"\nconnect_timeout = \"1s\"\n".into(),
+            "backends.x.connect_timeout",
+        ),
+    ] {
+        let e = load(&format!("[backends.x]\n{block}"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{block}: {e}");
+    }
+    let s = load(
+        "[backends.m]\nkind = \"meta_cloud\"\ntoken = \"t\"\napi_version = \"v21.0\"\n\
+         [backends.w]\nkind = \"wasend\"\nbase_url = \"http://h\"\ntoken = \"t\"\n\
+         endpoints = \"invite-code\"\n\
+         [backends.s]\nkind = \"simulator\"\nlatency = \"5ms\"\ntimeout = \"1s\"\n",
+        &[],
+    )
+    .unwrap();
+    assert!(matches!(
+        &s.backends["m"].provider,
+        Provider::MetaCloud { api_version: Some(v), .. } if v == "v21.0"
+    ));
+    assert!(matches!(
+        s.backends["w"].provider,
+        Provider::Wasend {
+            endpoints: Some(WasendEndpoints::InviteCode),
+            ..
+        }
+    ));
+    assert_eq!(s.backends["s"].latency(), Some(Duration::from_millis(5)));
+    assert_eq!(s.backends["s"].timeout, Duration::from_secs(1));
+}
+
+#[test]
+fn an_unknown_or_misplaced_key_is_named_from_the_file_or_the_environment() {
+    let waha = "[backends.acme]\nkind = \"waha\"\nbase_url = \"http://h\"\ntoken = \"t\"\n";
+    let e = load(&format!("{waha}colour = \"red\"\n"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("backends.acme") && e.contains("colour"), "{e}");
+    let e = load(waha, &[("INVITE_WORKER__BACKENDS__ACME__LATENCY", "5ms")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("backends.acme.latency"), "{e}");
+}
+
+#[test]
+fn the_dump_of_every_kind_reads_back_as_the_same_settings() {
+    let s = load(
+        "[backends.m]\nkind = \"meta_cloud\"\ntoken = \"t\"\napi_version = \"v21.0\"\n\
+         [backends.w]\nkind = \"wasend\"\nbase_url = \"http://h\"\ntoken = \"t\"\n\
+         endpoints = \"invite-code\"\nconnect_timeout = \"2s\"\n\
+         [backends.s]\nkind = \"simulator\"\nlatency = \"5ms\"\n",
+        &[],
+    )
+    .unwrap();
+    let dump = s.redacted_toml();
+    let back: Settings = toml::from_str(&dump).expect(&dump);
+    for name in ["m", "w", "s", "sim"] {
+        let (a, b) = (&s.backends[name], &back.backends[name]);
+        assert_eq!(a.kind(), b.kind(), "{name}");
+        assert_eq!(a.timeout, b.timeout, "{name}");
+        assert_eq!(
+            a.http().map(|h| (&h.base_url, h.connect_timeout)),
+            b.http().map(|h| (&h.base_url, h.connect_timeout)),
+            "{name}"
+        );
+    }
+    assert!(matches!(
+        back.backends["w"].provider,
+        Provider::Wasend {
+            endpoints: Some(WasendEndpoints::InviteCode),
+            ..
+        }
+    ));
+    assert_eq!(back.backends["s"].latency(), Some(Duration::from_millis(5)));
+    assert!(
+        !dump.contains("connect_timeout = \"5s\"\nlatency"),
+        "the simulator has no connect_timeout: {dump}"
+    );
 }

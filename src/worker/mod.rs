@@ -79,7 +79,7 @@ impl Worker {
         let shared = store.backend() == sea_orm::DbBackend::Postgres;
         let (share_tx, share) = tokio::sync::watch::channel(if shared { 0 } else { 1 });
         let world = world.unwrap_or_default();
-        if let Some(latency) = settings.backends.values().find_map(|b| b.latency) {
+        if let Some(latency) = settings.backends.values().find_map(|b| b.latency()) {
             world.set_latency(latency);
         }
         let mut backends = HashMap::new();

@@ -182,7 +182,7 @@ async fn a_plain_text_code_or_link_is_read_like_a_json_string() {
 async fn backends_without_a_token_are_refused_at_build_naming_the_backend() {
     for kind in HTTP_KINDS {
         let mut settings = settings(kind, "http://127.0.0.1:1");
-        settings.token = None;
+        http(&mut settings).token = None;
         let world = invite_worker::simulator::SimWorld::new(false);
         let error = invite_worker::backend::build("acme", &settings, &world)
             .err()

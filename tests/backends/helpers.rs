@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use invite_worker::{
     backend::{self, SharedBackend},
-    config::{BackendSettings, Secret},
+    config::{BackendSettings, HttpProvider, Provider, Secret},
     domain::{
         BackendError, BackendKind, ErrorKind, GroupId, GroupIdStyle, LINK_PREFIX, Link, SessionId,
     },
@@ -44,14 +44,20 @@ pub fn link(code: &str) -> String {
 }
 
 pub fn settings(kind: BackendKind, base_url: &str) -> BackendSettings {
-    BackendSettings {
-        kind,
-        base_url: Some(base_url.to_owned()),
-        token: Some(Secret::new(TOKEN)),
-        timeout: Duration::from_secs(5),
+    let http = HttpProvider {
         connect_timeout: Duration::from_secs(2),
-        ..BackendSettings::simulator()
+        ..HttpProvider::new(Some(base_url.to_owned()), Some(Secret::new(TOKEN)))
+    };
+    let provider = Provider::http_kind(kind, http).expect("an HTTP kind");
+    BackendSettings {
+        timeout: Duration::from_secs(5),
+        ..BackendSettings::of(provider)
     }
+}
+
+/// The settings' HTTP part (every kind of these tests has one).
+pub fn http(settings: &mut BackendSettings) -> &mut HttpProvider {
+    settings.http_mut().expect("an HTTP kind")
 }
 
 pub fn build(settings: &BackendSettings) -> SharedBackend {

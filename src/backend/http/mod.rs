@@ -17,7 +17,7 @@ use reqwest::{
 use serde_json::Value;
 
 use crate::{
-    config::{BackendSettings, Secret},
+    config::{HttpProvider, Secret},
     domain::{BackendError, ErrorKind, InviteCode, Link},
 };
 pub use classify::{
@@ -243,9 +243,11 @@ pub struct HttpApi {
 }
 
 impl HttpApi {
-    /// `default_base` is used when the settings name no `base_url`.
+    /// `default_base` is used when the settings name no `base_url`; `timeout` bounds
+    /// each request.
     pub fn new(
-        settings: &BackendSettings,
+        settings: &HttpProvider,
+        timeout: Duration,
         auth: Auth,
         default_base: Option<&str>,
     ) -> Result<Self, String> {
@@ -255,7 +257,8 @@ impl HttpApi {
             .or(default_base)
             .ok_or("base_url is missing")?;
         let token = settings
-            .secret()
+            .token
+            .as_ref()
             .filter(|t| !t.expose().is_empty())
             .cloned()
             .ok_or("token is missing")?;
@@ -279,7 +282,7 @@ impl HttpApi {
         };
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
-            .timeout(settings.timeout)
+            .timeout(timeout)
             // A redirect would carry custom auth headers to wherever it points.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("invite-worker/", env!("CARGO_PKG_VERSION")))
