@@ -8,7 +8,7 @@ use reqwest::Method;
 
 use super::{
     Backend,
-    http::{Auth, HttpApi, Reply, classify, first_word, whatsapp_refusal},
+    http::{Auth, BuildError, HttpApi, Reply, classify, first_word, whatsapp_refusal},
 };
 use crate::{
     config::HttpProvider,
@@ -20,7 +20,7 @@ pub struct Evolution {
 }
 
 impl Evolution {
-    pub fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, String> {
+    pub fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, BuildError> {
         Ok(Self {
             api: HttpApi::new(http, timeout, Auth::Header("apikey"), None)?,
         })

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     Backend,
-    http::{Auth, HttpApi, Reply, classify, not_found},
+    http::{Auth, BuildError, HttpApi, Reply, classify, not_found},
 };
 use crate::{
     config::HttpProvider,
@@ -21,7 +21,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, String> {
+    pub fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, BuildError> {
         Ok(Self {
             api: HttpApi::new(http, timeout, Auth::Bearer, None)?,
         })

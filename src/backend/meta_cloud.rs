@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{
     Backend,
-    http::{Auth, HttpApi, Reply, classify},
+    http::{Auth, BuildError, HttpApi, Reply, classify},
 };
 use crate::{
     config::HttpProvider,
@@ -30,7 +30,7 @@ impl MetaCloud {
         http: &HttpProvider,
         timeout: Duration,
         api_version: Option<&str>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BuildError> {
         Ok(Self {
             api: HttpApi::new(http, timeout, Auth::Bearer, Some(DEFAULT_BASE_URL))?,
             version: api_version.unwrap_or(DEFAULT_API_VERSION).to_owned(),

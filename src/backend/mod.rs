@@ -61,14 +61,24 @@ pub fn read_reply(kind: BackendKind, reply: &http::Reply) -> Result<Link, Backen
     }
 }
 
+/// A backend that cannot be built from its settings, named.
+#[derive(Debug, thiserror::Error)]
+#[error("backends.{name}: {problem}")]
+pub struct BackendBuildError {
+    pub name: String,
+    pub problem: http::BuildError,
+}
+
 /// Builds the backend named `name` from its settings. HTTP kinds get one pooled client
 /// each; the simulator kind runs against `world`.
 pub fn build(
     name: &str,
     settings: &BackendSettings,
     world: &SimWorld,
-) -> Result<SharedBackend, String> {
-    fn shared<B: Backend + 'static>(backend: Result<B, String>) -> Result<SharedBackend, String> {
+) -> Result<SharedBackend, BackendBuildError> {
+    fn shared<B: Backend + 'static>(
+        backend: Result<B, http::BuildError>,
+    ) -> Result<SharedBackend, http::BuildError> {
         backend.map(|b| Arc::new(b) as SharedBackend)
     }
     let timeout = settings.timeout;
@@ -89,7 +99,10 @@ pub fn build(
         Provider::Waha(http) => shared(waha::Waha::new(http, timeout)),
         Provider::Evolution(http) => shared(evolution::Evolution::new(http, timeout)),
     };
-    backend.map_err(|e| format!("backends.{name}: {e}"))
+    backend.map_err(|problem| BackendBuildError {
+        name: name.to_owned(),
+        problem,
+    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use reqwest::Method;
 
 use super::{
     Backend,
-    http::{Auth, HttpApi, Reply, classify},
+    http::{Auth, BuildError, HttpApi, Reply, classify},
 };
 use crate::{
     config::HttpProvider,
@@ -23,7 +23,7 @@ pub struct Waha {
 }
 
 impl Waha {
-    pub fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, String> {
+    pub fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, BuildError> {
         Ok(Self {
             api: HttpApi::new(http, timeout, Auth::Header("X-Api-Key"), None)?,
         })

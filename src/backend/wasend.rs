@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{
     Backend,
-    http::{Auth, HttpApi, Reply, classify, described, invite_code},
+    http::{Auth, BuildError, HttpApi, Reply, classify, described, invite_code},
 };
 use crate::{
     config::{HttpProvider, WasendEndpoints},
@@ -32,7 +32,7 @@ impl Wasend {
         http: &HttpProvider,
         timeout: Duration,
         endpoints: Option<WasendEndpoints>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BuildError> {
         Ok(Self {
             api: HttpApi::new(http, timeout, Auth::Bearer, None)?,
             family: endpoints.unwrap_or(WasendEndpoints::InviteLink).as_str(),

@@ -8,7 +8,7 @@ use reqwest::Method;
 
 use super::{
     Backend,
-    http::{Auth, HttpApi, Reply},
+    http::{Auth, BuildError, HttpApi, Reply},
     waha,
 };
 use crate::{
@@ -21,7 +21,7 @@ pub struct Wawp {
 }
 
 impl Wawp {
-    pub fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, String> {
+    pub fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, BuildError> {
         Ok(Self {
             api: HttpApi::new(http, timeout, Auth::Query("access_token"), None)?,
         })

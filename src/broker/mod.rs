@@ -9,5 +9,5 @@ mod topology;
 
 pub use connection::Broker;
 pub use publisher::{PublishError, Publisher, properties, text_headers};
-pub use relay::Relay;
+pub use relay::{Relay, RelayError};
 pub use topology::{RETRY_TIERS, Topology, declare, retry_tier};

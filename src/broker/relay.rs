@@ -12,11 +12,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::Publisher;
+use super::{PublishError, Publisher};
 use crate::{
     domain::events::OutboxMessage,
     ops::{failpoint, metrics as m},
-    store::Store,
+    store::{Store, StoreError},
 };
 
 const BATCH: u64 = 500;
@@ -25,6 +25,15 @@ const SWEEP: Duration = Duration::from_secs(1);
 /// claim and one delete then serve the events of many commands. Commands are acked at
 /// commit, so this delays only the events, by at most this much.
 const GATHER: Duration = Duration::from_millis(10);
+
+/// Why a batch of the outbox was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
 
 pub struct Relay {
     pub store: Store,
@@ -52,21 +61,14 @@ fn to_message(row: &entity::outbox::Model) -> OutboxMessage {
 
 impl Relay {
     /// Publishes one batch; returns how many rows were claimed.
-    pub async fn relay_once(&self) -> Result<usize, String> {
+    pub async fn relay_once(&self) -> Result<usize, RelayError> {
         // A claim outlives any publish (bounded by the confirm timeout), and no longer:
         // rows claimed by a relay that crashed are picked up again soon.
         let claim_for = self.publisher.confirm_timeout() * 2 + Duration::from_secs(1);
-        let batch = self
-            .store
-            .take_outbox(BATCH, claim_for)
-            .await
-            .map_err(|e| e.to_string())?;
+        let batch = self.store.take_outbox(BATCH, claim_for).await?;
         let taken = batch.rows.len();
         if taken == 0 {
-            self.store
-                .settle_outbox(batch, &[])
-                .await
-                .map_err(|e| e.to_string())?;
+            self.store.settle_outbox(batch, &[]).await?;
             return Ok(0);
         }
         failpoint::hit(failpoint::BEFORE_RELAY);
@@ -82,10 +84,7 @@ impl Relay {
                     .collect();
                 let nacked = taken - sent.len();
                 let count = sent.len();
-                self.store
-                    .settle_outbox(batch, &sent)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.store.settle_outbox(batch, &sent).await?;
                 m::events_published(count);
                 if nacked > 0 {
                     warn!(
@@ -97,7 +96,7 @@ impl Relay {
             }
             Err(e) => {
                 let _ = self.store.settle_outbox(batch, &[]).await;
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }

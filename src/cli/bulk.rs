@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{Failure, SendArgs, send, usage};
 use crate::{
     config::Settings,
-    domain::{CommandSpec, CommandType},
+    domain::{CommandSpec, CommandType, SpecError},
 };
 
 /// Values applied to every line of a bulk file that does not set its own.
@@ -23,11 +23,27 @@ pub struct BulkDefaults {
 }
 
 /// A bulk file line that cannot become a command.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct LineError {
     /// 1-based line number.
     pub line: usize,
-    pub message: String,
+    pub error: BadLine,
+}
+
+/// What is wrong with a bulk file line.
+#[derive(Debug, thiserror::Error)]
+pub enum BadLine {
+    #[error("invalid JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("expected session,group[,backend[,reason]], found {0} fields")]
+    FieldCount(usize),
+    #[error("unterminated quoted field")]
+    Unterminated,
+    #[error("unexpected text after a quoted field")]
+    TextAfterQuote,
+    /// A command the worker would reject.
+    #[error(transparent)]
+    Invalid(#[from] SpecError),
 }
 
 /// The commands of a bulk file and its rejected lines.
@@ -90,22 +106,22 @@ pub fn parse_bulk(
             spec.backend = spec.backend.or_else(|| defaults.backend.clone());
             spec.reason = spec.reason.or_else(|| defaults.reason.clone());
             spec.requested_by = spec.requested_by.or_else(|| defaults.requested_by.clone());
-            spec.validate(settings).map_err(|e| e.to_string())?;
+            spec.validate(settings)?;
             Ok(spec)
         });
         match result {
             Ok(spec) => bulk.specs.push((line_no, spec)),
-            Err(message) => bulk.rejected.push(LineError {
+            Err(error) => bulk.rejected.push(LineError {
                 line: line_no,
-                message,
+                error,
             }),
         }
     }
     bulk
 }
 
-fn json_line(line: &str, kind: CommandType) -> Result<CommandSpec, String> {
-    let j: JsonLine = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+fn json_line(line: &str, kind: CommandType) -> Result<CommandSpec, BadLine> {
+    let j: JsonLine = serde_json::from_str(line).map_err(BadLine::Json)?;
     Ok(CommandSpec {
         kind,
         session: j.session_id,
@@ -123,12 +139,9 @@ fn is_header(fields: &[String]) -> bool {
         .is_some_and(|f| matches!(f.to_ascii_lowercase().as_str(), "session" | "session_id"))
 }
 
-fn csv_line(fields: &[String], kind: CommandType) -> Result<CommandSpec, String> {
+fn csv_line(fields: &[String], kind: CommandType) -> Result<CommandSpec, BadLine> {
     if !(2..=4).contains(&fields.len()) {
-        return Err(format!(
-            "expected session,group[,backend[,reason]], found {} fields",
-            fields.len()
-        ));
+        return Err(BadLine::FieldCount(fields.len()));
     }
     let opt = |i: usize| fields.get(i).filter(|f| !f.is_empty()).cloned();
     Ok(CommandSpec {
@@ -144,7 +157,7 @@ fn csv_line(fields: &[String], kind: CommandType) -> Result<CommandSpec, String>
 
 /// Splits one CSV line into trimmed fields; a field may be double-quoted, with `""`
 /// for a literal quote.
-fn csv_fields(line: &str) -> Result<Vec<String>, String> {
+fn csv_fields(line: &str) -> Result<Vec<String>, BadLine> {
     let mut fields = Vec::new();
     let mut chars = line.chars().peekable();
     loop {
@@ -162,7 +175,7 @@ fn csv_fields(line: &str) -> Result<Vec<String>, String> {
                     }
                     Some('"') => break,
                     Some(c) => field.push(c),
-                    None => return Err("unterminated quoted field".into()),
+                    None => return Err(BadLine::Unterminated),
                 }
             }
             while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
@@ -174,7 +187,7 @@ fn csv_fields(line: &str) -> Result<Vec<String>, String> {
                     return Ok(fields);
                 }
                 Some(',') => fields.push(field),
-                Some(_) => return Err("unexpected text after a quoted field".into()),
+                Some(_) => return Err(BadLine::TextAfterQuote),
             }
         } else {
             loop {
@@ -213,7 +226,7 @@ pub(super) async fn run(
     };
     let bulk = parse_bulk(&input, kind, &defaults, settings);
     for e in &bulk.rejected {
-        eprintln!("line {}: {}", e.line, e.message);
+        eprintln!("line {}: {}", e.line, e.error);
     }
     let specs: Vec<CommandSpec> = bulk.specs.into_iter().map(|(_, s)| s).collect();
     let bar = if std::io::stderr().is_terminal() {
@@ -315,9 +328,10 @@ mod tests {
         assert_eq!(bulk.specs.len(), 2);
         let lines: Vec<usize> = bulk.rejected.iter().map(|e| e.line).collect();
         assert_eq!(lines, [2, 3, 4, 5, 6, 7, 8]);
-        assert!(bulk.rejected[1].message.starts_with("session:"));
-        assert!(bulk.rejected[2].message.starts_with("group:"));
-        assert!(bulk.rejected[3].message.contains("\"nope\""));
+        let message = |i: usize| bulk.rejected[i].error.to_string();
+        assert!(message(1).starts_with("session:"));
+        assert!(message(2).starts_with("group:"));
+        assert!(message(3).contains("\"nope\""));
     }
 
     #[test]

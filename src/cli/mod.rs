@@ -176,10 +176,12 @@ impl Cli {
     pub async fn run(self, settings: Settings) -> Result<(), Failure> {
         match self.command {
             Cmd::Run => {
-                let worker = Worker::start(settings, None).await?;
+                let worker = Worker::start(settings, None)
+                    .await
+                    .map_err(anyhow::Error::from)?;
                 let shutdown = CancellationToken::new();
                 tokio::spawn(stop_on_signal(shutdown.clone()));
-                worker.run(shutdown).await?;
+                worker.run(shutdown).await.map_err(anyhow::Error::from)?;
             }
             Cmd::Migrate => {
                 let store = Store::connect(settings.database.url.expose(), 1).await?;

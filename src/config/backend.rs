@@ -226,24 +226,35 @@ impl RateLimit {
         }
     }
 
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let (n, unit) = s
-            .split_once('/')
-            .ok_or("expected N/s or N/m, e.g. \"5/s\"")?;
+    pub fn parse(s: &str) -> Result<Self, RateLimitError> {
+        let (n, unit) = s.split_once('/').ok_or(RateLimitError::Form)?;
         let count: u32 = n
             .trim()
             .parse()
-            .map_err(|_| format!("{n:?} is not a whole number"))?;
+            .map_err(|_| RateLimitError::Count(n.to_owned()))?;
         if count == 0 {
-            return Err("rate must be at least 1".into());
+            return Err(RateLimitError::Zero);
         }
         let period = match unit.trim() {
             "s" => Duration::from_secs(1),
             "m" => Duration::from_secs(60),
-            other => return Err(format!("unit {other:?} must be s or m")),
+            other => return Err(RateLimitError::Unit(other.to_owned())),
         };
         Ok(Self { count, period })
     }
+}
+
+/// Why a `rate_limit_per_session` cannot be read.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RateLimitError {
+    #[error("expected N/s or N/m, e.g. \"5/s\"")]
+    Form,
+    #[error("{0:?} is not a whole number")]
+    Count(String),
+    #[error("rate must be at least 1")]
+    Zero,
+    #[error("unit {0:?} must be s or m")]
+    Unit(String),
 }
 
 /// A block as written in the configuration: every key any kind takes, each optional.

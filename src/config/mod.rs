@@ -15,7 +15,9 @@ use crate::domain::{BackendKind, BackendResolver, GroupIdStyle, command::MAX_BAC
 mod backend;
 mod secret;
 
-pub use backend::{BackendSettings, HttpProvider, KeyError, Provider, RateLimit, WasendEndpoints};
+pub use backend::{
+    BackendSettings, HttpProvider, KeyError, Provider, RateLimit, RateLimitError, WasendEndpoints,
+};
 pub use secret::Secret;
 use secret::redact_url;
 
@@ -381,7 +383,7 @@ impl Settings {
             if let Some(r) = &b.rate_limit_per_session
                 && let Err(e) = RateLimit::parse(r)
             {
-                return err(&key("rate_limit_per_session"), &e);
+                return err(&key("rate_limit_per_session"), &e.to_string());
             }
             if b.timeout.is_zero() {
                 return err(&key("timeout"), "must be > 0");

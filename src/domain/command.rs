@@ -73,23 +73,40 @@ impl CommandType {
     }
 }
 
+/// Why a session or group id is refused; shown as the rejection's reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("session_id must be 1..={} characters", MAX_ID_CHARS)]
+    SessionLength,
+    #[error("session_id may only contain A-Za-z0-9._:@+-")]
+    SessionCharacters,
+    #[error("session_id may not be \".\" or \"..\"")]
+    SessionDots,
+    #[error("group_id must be a group JID like 120363041234567890@g.us")]
+    NotAJid,
+    #[error("group_id must be at most {} characters", MAX_ID_CHARS * 2)]
+    JidLength,
+    #[error("group_id must be 1..={} characters of A-Za-z0-9_-", MAX_ID_CHARS)]
+    NotAnOpaqueId,
+}
+
 /// Provider session / instance / phone-number id: 1..=128 of `A-Za-z0-9._:@+-`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(String);
 
 impl SessionId {
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
         let ok_char = |c: char| c.is_ascii_alphanumeric() || "._:@+-".contains(c);
         if raw.is_empty() || raw.chars().count() > MAX_ID_CHARS {
-            return Err(format!("session_id must be 1..={MAX_ID_CHARS} characters"));
+            return Err(IdError::SessionLength);
         }
         if !raw.chars().all(ok_char) {
-            return Err("session_id may only contain A-Za-z0-9._:@+-".into());
+            return Err(IdError::SessionCharacters);
         }
         // The two values a URL parser resolves as path navigation: no adapter could send
         // them as a path segment (`...` is an ordinary segment).
         if raw == "." || raw == ".." {
-            return Err("session_id may not be \".\" or \"..\"".into());
+            return Err(IdError::SessionDots);
         }
         Ok(Self(raw.to_owned()))
     }
@@ -119,26 +136,23 @@ pub enum GroupIdStyle {
 pub struct GroupId(String);
 
 impl GroupId {
-    pub fn parse(raw: &str, style: GroupIdStyle) -> Result<Self, String> {
+    pub fn parse(raw: &str, style: GroupIdStyle) -> Result<Self, IdError> {
         match style {
             GroupIdStyle::Jid => {
                 let Some(local) = raw.strip_suffix("@g.us") else {
-                    return Err("group_id must be a group JID like 120363041234567890@g.us".into());
+                    return Err(IdError::NotAJid);
                 };
                 let mut parts = local.splitn(2, '-');
                 let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
                 if raw.len() > MAX_ID_CHARS * 2 {
-                    return Err(format!(
-                        "group_id must be at most {} characters",
-                        MAX_ID_CHARS * 2
-                    ));
+                    return Err(IdError::JidLength);
                 }
                 let first_ok = parts.next().is_some_and(digits);
                 let second_ok = parts.next().is_none_or(digits);
                 if first_ok && second_ok {
                     Ok(Self(raw.to_owned()))
                 } else {
-                    Err("group_id must be a group JID like 120363041234567890@g.us".into())
+                    Err(IdError::NotAJid)
                 }
             }
             GroupIdStyle::Opaque => {
@@ -150,9 +164,7 @@ impl GroupId {
                 if ok {
                     Ok(Self(raw.to_owned()))
                 } else {
-                    Err(format!(
-                        "group_id must be 1..={MAX_ID_CHARS} characters of A-Za-z0-9_-"
-                    ))
+                    Err(IdError::NotAnOpaqueId)
                 }
             }
         }
@@ -300,7 +312,7 @@ pub fn parse(body: &[u8], backends: &dyn BackendResolver) -> Result<Command, Box
     let session = match wire.session_id.as_ref().map(|v| v.as_str()) {
         Some(Some(s)) => match SessionId::parse(s) {
             Ok(s) => s,
-            Err(e) => return fail(rej, e),
+            Err(e) => return fail(rej, e.to_string()),
         },
         _ => return fail(rej, "session_id is missing or not a string".into()),
     };
@@ -333,7 +345,7 @@ pub fn parse(body: &[u8], backends: &dyn BackendResolver) -> Result<Command, Box
     };
     let group = match GroupId::parse(&raw_group, style) {
         Ok(g) => g,
-        Err(e) => return fail(rej, e),
+        Err(e) => return fail(rej, e.to_string()),
     };
     Ok(Command {
         id,
@@ -381,7 +393,7 @@ impl CommandSpec {
     /// Checks the spec as the worker would parse it: session id, group id in the style
     /// of the backend's kind, and a configured backend.
     pub fn validate(&self, backends: &dyn BackendResolver) -> Result<(), SpecError> {
-        SessionId::parse(&self.session).map_err(|e| SpecError::new("session", e))?;
+        SessionId::parse(&self.session).map_err(|e| SpecError::new("session", e.to_string()))?;
         let backend = self
             .backend
             .as_deref()
@@ -392,7 +404,7 @@ impl CommandSpec {
                 format!("{backend:?} is not a configured backend"),
             )
         })?;
-        GroupId::parse(&self.group, style).map_err(|e| SpecError::new("group", e))?;
+        GroupId::parse(&self.group, style).map_err(|e| SpecError::new("group", e.to_string()))?;
         for (field, text) in [
             ("reason", &self.reason),
             ("requested_by", &self.requested_by),

@@ -9,7 +9,7 @@ pub mod kind;
 pub mod link;
 
 pub use command::{
-    BackendResolver, Command, CommandId, CommandSpec, CommandType, GroupId, GroupIdStyle,
+    BackendResolver, Command, CommandId, CommandSpec, CommandType, GroupId, GroupIdStyle, IdError,
     Rejection, SessionId, SpecError,
 };
 pub use error::{BackendError, ErrorKind};

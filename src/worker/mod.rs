@@ -27,7 +27,7 @@ use self::{
     retry::RetryPolicy,
 };
 use crate::{
-    backend,
+    backend::{self, BackendBuildError},
     broker::{Broker, Publisher, Relay, Topology},
     config::Settings,
     ops::{
@@ -35,8 +35,20 @@ use crate::{
         metrics as m,
     },
     simulator::SimWorld,
-    store::{self, Store},
+    store::{self, Store, StoreError},
 };
+
+/// Why the worker could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Backend(#[from] BackendBuildError),
+    /// The HTTP endpoints' listener.
+    #[error(transparent)]
+    Listen(#[from] std::io::Error),
+}
 
 /// A started worker: database migrated, backends built; not yet consuming.
 pub struct Worker {
@@ -66,7 +78,7 @@ fn instance_id(settings: &Settings) -> String {
 impl Worker {
     /// Connects the database (migrating it) and builds the backends. `world` is the
     /// simulator world for `simulator` backends (a fresh one when `None`).
-    pub async fn start(settings: Settings, world: Option<SimWorld>) -> anyhow::Result<Self> {
+    pub async fn start(settings: Settings, world: Option<SimWorld>) -> Result<Self, WorkerError> {
         let settings = Arc::new(settings);
         let store = Store::connect(
             settings.database.url.expose(),
@@ -84,7 +96,7 @@ impl Worker {
         }
         let mut backends = HashMap::new();
         for (name, b) in &settings.backends {
-            let built = backend::build(name, b, &world).map_err(|e| anyhow::anyhow!(e))?;
+            let built = backend::build(name, b, &world)?;
             backends.insert(name.clone(), BackendEntry::new(built, b, share.clone()));
         }
         let topology = Topology::new(&settings.amqp.name_prefix);
@@ -131,7 +143,7 @@ impl Worker {
     }
 
     /// Runs until `shutdown` is cancelled, then shuts down gracefully.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let settings = self.pipeline.settings.clone();
         let background = CancellationToken::new();
         let tasks = TaskTracker::new();

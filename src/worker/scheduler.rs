@@ -11,14 +11,14 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::{
-    broker::{Publisher, Topology},
+    broker::{PublishError, Publisher, Topology},
     config::Settings,
     domain::{
         CommandSpec, CommandType,
         events::{OutboxMessage, rfc3339},
     },
     ops::metrics as m,
-    store::Store,
+    store::{Store, StoreError},
 };
 
 /// Namespace of scheduled command ids.
@@ -44,6 +44,17 @@ pub fn due_cutoff(now: DateTime<Utc>, lead: Duration) -> DateTime<Utc> {
 /// Whether a link expiring at `expires_at` is due for rotation at `now`.
 pub fn is_due(expires_at: DateTime<Utc>, now: DateTime<Utc>, lead: Duration) -> bool {
     expires_at <= due_cutoff(now, lead)
+}
+
+/// Why a scan stopped before publishing everything due.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("the broker refused scheduled commands")]
+    Refused,
 }
 
 pub struct Scheduler {
@@ -93,15 +104,14 @@ impl Scheduler {
 
     /// One scan at `now`: claims and publishes everything due. Returns how many
     /// rotations were published.
-    pub async fn scan(&self, now: DateTime<Utc>) -> Result<usize, String> {
+    pub async fn scan(&self, now: DateTime<Utc>) -> Result<usize, ScanError> {
         let due = due_cutoff(now, self.settings.rotation.lead);
         let mut published = 0;
         loop {
             let links = self
                 .store
                 .claim_due(now, due, REPUBLISH_AFTER, BATCH)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             if links.is_empty() {
                 break;
             }
@@ -112,8 +122,8 @@ impl Scheduler {
                 outcome => {
                     let _ = self.store.unschedule(&ids).await;
                     return Err(match outcome {
-                        Err(e) => e.to_string(),
-                        Ok(_) => "the broker refused scheduled commands".into(),
+                        Err(e) => e.into(),
+                        Ok(_) => ScanError::Refused,
                     });
                 }
             }

@@ -186,7 +186,8 @@ async fn backends_without_a_token_are_refused_at_build_naming_the_backend() {
         let world = invite_worker::simulator::SimWorld::new(false);
         let error = invite_worker::backend::build("acme", &settings, &world)
             .err()
-            .expect("a backend without token is refused");
+            .expect("a backend without token is refused")
+            .to_string();
         assert!(
             error.contains("backends.acme") && error.contains("token"),
             "{error}"

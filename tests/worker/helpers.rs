@@ -17,7 +17,7 @@ use invite_worker::{
     domain::{CommandSpec, CommandType},
     simulator::SimWorld,
     store::Store,
-    worker::Worker,
+    worker::{Worker, WorkerError},
 };
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
@@ -442,7 +442,7 @@ const BOUND: Duration = Duration::from_secs(90);
 
 pub struct RunningWorker {
     token: CancellationToken,
-    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    handle: Option<JoinHandle<Result<(), WorkerError>>>,
     pub store: Store,
 }
 

@@ -233,6 +233,21 @@ fn collect_strings(value: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// Why a backend's HTTP client cannot be built from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("base_url is missing")]
+    NoBaseUrl,
+    #[error("token is missing")]
+    NoToken,
+    #[error("token is not a valid header value")]
+    TokenNotAHeaderValue,
+    #[error("{0:?} is not a valid header name")]
+    HeaderName(&'static str),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(reqwest::Error),
+}
+
 /// One backend's HTTP client (pooled), base URL and credentials.
 pub struct HttpApi {
     client: reqwest::Client,
@@ -250,23 +265,23 @@ impl HttpApi {
         timeout: Duration,
         auth: Auth,
         default_base: Option<&str>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BuildError> {
         let base = settings
             .base_url
             .as_deref()
             .or(default_base)
-            .ok_or("base_url is missing")?;
+            .ok_or(BuildError::NoBaseUrl)?;
         let token = settings
             .token
             .as_ref()
             .filter(|t| !t.expose().is_empty())
             .cloned()
-            .ok_or("token is missing")?;
+            .ok_or(BuildError::NoToken)?;
         let header_value = |value: String| {
             let mut value =
-                HeaderValue::try_from(value).map_err(|_| "token is not a valid header value")?;
+                HeaderValue::try_from(value).map_err(|_| BuildError::TokenNotAHeaderValue)?;
             value.set_sensitive(true);
-            Ok::<_, String>(value)
+            Ok::<_, BuildError>(value)
         };
         let auth_header = match auth {
             Auth::Bearer => Some((
@@ -275,7 +290,7 @@ impl HttpApi {
             )),
             Auth::Header(name) => Some((
                 HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| format!("{name:?} is not a valid header name"))?,
+                    .map_err(|_| BuildError::HeaderName(name))?,
                 header_value(token.expose().to_owned())?,
             )),
             Auth::Query(_) => None,
@@ -287,7 +302,7 @@ impl HttpApi {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("invite-worker/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(BuildError::Client)?;
         Ok(Self {
             client,
             base: base.trim_end_matches('/').to_owned(),
