@@ -7,7 +7,7 @@ use invite_worker::domain::{BackendKind, ErrorKind, GroupId, GroupIdStyle, Sessi
 use serde_json::json;
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers::any};
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// A URL on which nothing listens.
 pub fn closed_port_url() -> String {

@@ -8,7 +8,7 @@ use wiremock::{
     matchers::{header, method, path, query_param},
 };
 
-use crate::helpers::*;
+use crate::support::*;
 
 const KIND: BackendKind = BackendKind::Evolution;
 

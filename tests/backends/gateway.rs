@@ -8,7 +8,7 @@ use wiremock::{
     matchers::{header, method, path},
 };
 
-use crate::helpers::*;
+use crate::support::*;
 
 const KIND: BackendKind = BackendKind::Gateway;
 

@@ -11,7 +11,7 @@ use wiremock::{
     matchers::{any, body_json, header, method, path},
 };
 
-use crate::helpers::*;
+use crate::support::*;
 
 const KIND: BackendKind = BackendKind::MetaCloud;
 

@@ -13,7 +13,7 @@ use wiremock::{
     matchers::{body_string, header, method, path},
 };
 
-use crate::helpers::*;
+use crate::support::*;
 
 const KIND: BackendKind = BackendKind::Wasend;
 

@@ -8,7 +8,7 @@ use wiremock::{
     matchers::{method, path, query_param},
 };
 
-use crate::helpers::*;
+use crate::support::*;
 
 const KIND: BackendKind = BackendKind::Wawp;
 

@@ -18,8 +18,8 @@ use lapin::{
 };
 
 use crate::{
-    helpers::{AMQP_URL, Db, EventTap, TestEnv, group, revoke, wait_until},
     on_both_databases,
+    support::{AMQP_URL, Db, EventTap, TestEnv, group, revoke, wait_until},
 };
 
 const WAIT: Duration = Duration::from_secs(30);

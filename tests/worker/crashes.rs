@@ -17,7 +17,7 @@ use invite_worker::{
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use uuid::Uuid;
 
-use crate::helpers::{
+use crate::support::{
     Db, EventTap, SimulatorProcess, TestEnv, WorkerProcess, group, revoke, wait_until,
 };
 

@@ -14,8 +14,8 @@ use invite_worker::{
 use serde_json::Value;
 
 use crate::{
-    helpers::{Db, TestEnv, free_port, group, revoke, wait_until},
     on_both_databases,
+    support::{Db, TestEnv, free_port, group, revoke, wait_until},
 };
 
 const WAIT: Duration = Duration::from_secs(30);

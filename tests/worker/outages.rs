@@ -16,8 +16,8 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::{
-    helpers::{AMQP_URL, Db, EventTap, TestEnv, free_port, group, revoke, wait_until},
-    proxy::Proxy,
+    support::proxy::Proxy,
+    support::{AMQP_URL, Db, EventTap, TestEnv, free_port, group, revoke, wait_until},
 };
 
 const STREAM: usize = 500;

@@ -7,8 +7,8 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
 use crate::{
-    helpers::{Db, TestEnv, group, revoke, rotate},
     on_both_databases,
+    support::{Db, TestEnv, group, revoke, rotate},
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -361,7 +361,7 @@ async fn two_workers_share_one_database_without_overlapping_a_group() {
 /// (a readable kind): every command has exactly one outcome and no reset overlapped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_run_processes_share_one_database_and_queue() {
-    use crate::helpers::{SimulatorProcess, WorkerProcess};
+    use crate::support::{SimulatorProcess, WorkerProcess};
     const TOKEN: &str = "two-proc-token-5d1";
     let env = TestEnv::new(Db::Postgres).await;
     let sim = SimulatorProcess::spawn(TOKEN);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{Db, SimulatorProcess, TestEnv, revoke};
+use crate::support::{Db, SimulatorProcess, TestEnv, revoke};
 use invite_worker::{
     config::{BackendSettings, HttpProvider, Provider, Secret},
     domain::{BackendKind, CommandSpec},

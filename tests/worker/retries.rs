@@ -11,8 +11,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    helpers::{Db, TestEnv, group, revoke, wait_until},
     on_both_databases,
+    support::{Db, TestEnv, group, revoke, wait_until},
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -42,7 +42,7 @@ async fn dead_letters(env: &TestEnv, n: usize) -> Vec<(Vec<u8>, String)> {
     dead
 }
 
-async fn row(worker: &crate::helpers::RunningWorker, id: Uuid) -> command::Model {
+async fn row(worker: &crate::support::RunningWorker, id: Uuid) -> command::Model {
     command::Entity::find_by_id(id.to_string())
         .one(worker.store.connection())
         .await

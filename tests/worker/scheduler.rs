@@ -14,8 +14,8 @@ use invite_worker::{
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 
 use crate::{
-    helpers::{Db, TestEnv, group, revoke, rotate},
     on_both_databases,
+    support::{Db, TestEnv, group, revoke, rotate},
 };
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -10,8 +10,8 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use uuid::Uuid;
 
 use crate::{
-    helpers::{Db, EventTap, SimulatorProcess, TestEnv, WorkerProcess, group, revoke, wait_until},
-    proxy::Proxy,
+    support::proxy::Proxy,
+    support::{Db, EventTap, SimulatorProcess, TestEnv, WorkerProcess, group, revoke, wait_until},
 };
 
 const TOKEN: &str = "shutdown-token-3f0d";

@@ -4,7 +4,7 @@
 use invite_worker::store::{DbErrorKind, StoreError};
 use sea_orm::{ConnectionTrait, IsolationLevel, TransactionTrait};
 
-use crate::helpers::{Db, TestEnv};
+use crate::support::{Db, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgresql_unique_violation_is_a_constraint_error() {
