@@ -15,12 +15,12 @@ use crate::{
     domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
-pub struct Evolution {
+pub(super) struct Evolution {
     api: HttpApi,
 }
 
 impl Evolution {
-    pub fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, BuildError> {
+    pub(super) fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, BuildError> {
         Ok(Self {
             api: HttpApi::new(http, timeout, Auth::Header("apikey"), None)?,
         })

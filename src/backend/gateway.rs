@@ -16,12 +16,12 @@ use crate::{
     domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
-pub struct Gateway {
+pub(super) struct Gateway {
     api: HttpApi,
 }
 
 impl Gateway {
-    pub fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, BuildError> {
+    pub(super) fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, BuildError> {
         Ok(Self {
             api: HttpApi::new(http, timeout, Auth::Bearer, None)?,
         })

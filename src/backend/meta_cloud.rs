@@ -16,17 +16,17 @@ use crate::{
     domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
-pub const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
-pub const DEFAULT_API_VERSION: &str = "v23.0";
+pub(super) const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
+pub(super) const DEFAULT_API_VERSION: &str = "v23.0";
 
-pub struct MetaCloud {
+pub(super) struct MetaCloud {
     api: HttpApi,
     version: String,
 }
 
 impl MetaCloud {
     /// `api_version`: the Graph API version (`None`: [`DEFAULT_API_VERSION`]).
-    pub fn new(
+    pub(super) fn new(
         http: &HttpProvider,
         timeout: Duration,
         api_version: Option<&str>,

@@ -2,14 +2,14 @@
 //! and `reset_link`, normalised to [`Link`], with failures classified into the contract's
 //! error kinds, each permanent or transient.
 
-pub mod evolution;
-pub mod gateway;
+mod evolution;
+mod gateway;
 pub mod http;
-pub mod meta_cloud;
-pub mod simulator;
-pub mod waha;
-pub mod wasend;
-pub mod wawp;
+mod meta_cloud;
+mod simulator;
+mod waha;
+mod wasend;
+mod wawp;
 
 use std::sync::Arc;
 

@@ -18,12 +18,12 @@ use crate::{
 /// Fields tolerated around the code when the body is an object instead of a string.
 pub(super) const CODE_FIELDS: &[&str] = &["code", "inviteCode"];
 
-pub struct Waha {
+pub(super) struct Waha {
     api: HttpApi,
 }
 
 impl Waha {
-    pub fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, BuildError> {
+    pub(super) fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, BuildError> {
         Ok(Self {
             api: HttpApi::new(http, timeout, Auth::Header("X-Api-Key"), None)?,
         })

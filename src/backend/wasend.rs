@@ -20,7 +20,7 @@ use crate::{
 /// Both families answer with one of these (or, for `invite-code`, a bare string).
 const LINK_FIELDS: &[&str] = &["inviteLink", "inviteCode", "code"];
 
-pub struct Wasend {
+pub(super) struct Wasend {
     api: HttpApi,
     /// The last path segment before `/revoke`: `invite-link` or `invite-code`.
     family: &'static str,
@@ -28,7 +28,7 @@ pub struct Wasend {
 
 impl Wasend {
     /// `endpoints`: the endpoint family (`None`: `invite-link`).
-    pub fn new(
+    pub(super) fn new(
         http: &HttpProvider,
         timeout: Duration,
         endpoints: Option<WasendEndpoints>,

@@ -16,7 +16,7 @@ use crate::{
 
 /// Values applied to every line of a bulk file that does not set its own.
 #[derive(Clone, Debug, Default)]
-pub struct BulkDefaults {
+pub(super) struct BulkDefaults {
     pub backend: Option<String>,
     pub reason: Option<String>,
     pub requested_by: Option<String>,
@@ -24,7 +24,7 @@ pub struct BulkDefaults {
 
 /// A bulk file line that cannot become a command.
 #[derive(Debug)]
-pub struct LineError {
+pub(super) struct LineError {
     /// 1-based line number.
     pub line: usize,
     pub error: BadLine,
@@ -32,7 +32,7 @@ pub struct LineError {
 
 /// What is wrong with a bulk file line.
 #[derive(Debug, thiserror::Error)]
-pub enum BadLine {
+pub(super) enum BadLine {
     #[error("invalid JSON: {0}")]
     Json(serde_json::Error),
     #[error("expected session,group[,backend[,reason]], found {0} fields")]
@@ -48,7 +48,7 @@ pub enum BadLine {
 
 /// The commands of a bulk file and its rejected lines.
 #[derive(Debug, Default)]
-pub struct Bulk {
+pub(super) struct Bulk {
     /// Valid commands with their line numbers, in file order.
     pub specs: Vec<(usize, CommandSpec)>,
     pub rejected: Vec<LineError>,
@@ -77,7 +77,7 @@ struct JsonLine {
 /// `session,group[,backend[,reason]]` (double quotes allowed). Blank lines, `#` comments
 /// and a CSV header line starting with `session` are skipped. Every command is validated
 /// against `settings` as [`CommandSpec::validate`] does.
-pub fn parse_bulk(
+pub(super) fn parse_bulk(
     input: &str,
     kind: CommandType,
     defaults: &BulkDefaults,

@@ -8,7 +8,7 @@ pub mod links;
 pub mod output;
 pub mod send;
 mod simulate;
-pub mod watch;
+mod watch;
 
 use std::{path::PathBuf, process::ExitCode};
 

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Prints every event routed with `pattern` until `stop` completes.
-pub async fn watch(
+pub(super) async fn watch(
     settings: &Settings,
     pattern: &str,
     stop: impl Future<Output = ()>,

@@ -1,5 +1,6 @@
-//! Wire format of commands (docs/contract.md §4) and the validated domain types they parse into.
-//! Nothing downstream of [`parse`] sees raw strings from a message.
+//! Wire format of commands (docs/contract.md §4) and the validated domain types they
+//! parse into; nothing downstream of [`parse`] sees raw strings from a message. Also the
+//! [`CommandSpec`] a command is published from.
 
 use std::fmt;
 

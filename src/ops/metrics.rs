@@ -11,7 +11,7 @@ use crate::domain::{BackendError, CommandType, ErrorKind, Link};
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the recorder once per process and returns the handle that renders it.
-pub fn install() -> PrometheusHandle {
+pub(crate) fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
@@ -135,17 +135,21 @@ fn describe() {
     );
 }
 
-pub fn command_outcome(kind: Option<CommandType>, outcome: &'static str) {
+pub(crate) fn command_outcome(kind: Option<CommandType>, outcome: &'static str) {
     let t = kind.map_or("invalid", |k| k.as_str());
     counter!("invite_worker_commands_total", "type" => t, "outcome" => outcome).increment(1);
 }
 
-pub fn command_duration(kind: CommandType, d: Duration) {
+pub(crate) fn command_duration(kind: CommandType, d: Duration) {
     histogram!("invite_worker_command_duration_seconds", "type" => kind.as_str())
         .record(d.as_secs_f64());
 }
 
-pub fn backend_request(backend: &str, op: &'static str, result: &Result<Link, BackendError>) {
+pub(crate) fn backend_request(
+    backend: &str,
+    op: &'static str,
+    result: &Result<Link, BackendError>,
+) {
     let label = match result {
         Ok(_) => "ok",
         Err(e) => e.kind.as_str(),
@@ -154,67 +158,67 @@ pub fn backend_request(backend: &str, op: &'static str, result: &Result<Link, Ba
         .increment(1);
 }
 
-pub fn backend_duration(backend: &str, op: &'static str, d: Duration) {
+pub(crate) fn backend_duration(backend: &str, op: &'static str, d: Duration) {
     histogram!("invite_worker_backend_request_duration_seconds", "backend" => backend.to_owned(), "operation" => op)
         .record(d.as_secs_f64());
 }
 
 /// How many requests one batched statement served, and how long it took.
-pub fn batch(statement: &'static str, n: usize, took: Duration) {
+pub(crate) fn batch(statement: &'static str, n: usize, took: Duration) {
     histogram!("invite_worker_db_batch_size", "statement" => statement).record(n as f64);
     histogram!("invite_worker_db_batch_duration_seconds", "statement" => statement)
         .record(took.as_secs_f64());
 }
 
 /// Time spent in one step of a command (database operations, lane waits), for profiling.
-pub fn stage(step: &'static str, d: Duration) {
+pub(crate) fn stage(step: &'static str, d: Duration) {
     histogram!("invite_worker_command_step_duration_seconds", "step" => step)
         .record(d.as_secs_f64());
 }
 
-pub fn retry_scheduled() {
+pub(crate) fn retry_scheduled() {
     counter!("invite_worker_retries_scheduled_total").increment(1);
 }
 
-pub fn rate_limit_wait() {
+pub(crate) fn rate_limit_wait() {
     counter!("invite_worker_rate_limit_waits_total").increment(1);
 }
 
-pub fn rate_limit_share(n: u32) {
+pub(crate) fn rate_limit_share(n: u32) {
     gauge!("invite_worker_rate_limit_share").set(n as f64);
 }
 
-pub fn in_flight(delta: f64) {
+pub(crate) fn in_flight(delta: f64) {
     gauge!("invite_worker_commands_in_flight").increment(delta);
 }
 
-pub fn outbox(pending: u64, oldest_age: Duration) {
+pub(crate) fn outbox(pending: u64, oldest_age: Duration) {
     gauge!("invite_worker_outbox_pending").set(pending as f64);
     gauge!("invite_worker_outbox_oldest_age_seconds").set(oldest_age.as_secs_f64());
 }
 
-pub fn events_published(n: usize) {
+pub(crate) fn events_published(n: usize) {
     counter!("invite_worker_events_published_total").increment(n as u64);
 }
 
 /// One acker round: `frames` basic.ack frames for `deliveries` deliveries.
-pub fn ack_frames(frames: usize, deliveries: usize) {
+pub(crate) fn ack_frames(frames: usize, deliveries: usize) {
     counter!("invite_worker_ack_frames_total").increment(frames as u64);
     counter!("invite_worker_acks_total").increment(deliveries as u64);
 }
 
-pub fn dead_lettered(kind: ErrorKind) {
+pub(crate) fn dead_lettered(kind: ErrorKind) {
     counter!("invite_worker_dead_lettered_total", "kind" => kind.as_str()).increment(1);
 }
 
-pub fn links_due(n: u64) {
+pub(crate) fn links_due(n: u64) {
     gauge!("invite_worker_links_due").set(n as f64);
 }
 
-pub fn duplicate() {
+pub(crate) fn duplicate() {
     counter!("invite_worker_duplicates_total").increment(1);
 }
 
-pub fn db_error() {
+pub(crate) fn db_error() {
     counter!("invite_worker_db_errors_total").increment(1);
 }

@@ -3,5 +3,5 @@
 
 pub mod failpoint;
 pub mod health;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod telemetry;

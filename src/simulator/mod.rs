@@ -1,5 +1,5 @@
-//! The provider simulator (docs/contract.md §7): one in-memory world served in-process (the
-//! `simulator` backend kind) and over HTTP in every provider's dialect (`simulate`).
+//! The provider simulator (docs/contract.md §7): one in-memory world served in-process
+//! (the `simulator` backend kind) and over HTTP in every provider's dialect (`simulate`).
 
 pub mod server;
 pub mod world;

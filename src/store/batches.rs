@@ -9,10 +9,10 @@ use entity::link;
 use super::{Attempt, Begin, Begun, Completion, FirstAttempt, GroupKey, Store, batch::Batcher};
 
 /// The statements concurrent commands share (see [`Batcher`]): the receipt with the
-/// group lease, lease retries, the link read, the attempt marker and the outcome commit. A batch never
-/// holds two requests of one group (the in-process lane admits one command per group
-/// and the group lease is held until the outcome commits), so concurrent batches touch
-/// disjoint rows.
+/// group lease, lease retries, the link read, the attempt marker and the outcome commit.
+/// A batch never holds two requests of one group (the in-process lane admits one command
+/// per group and the group lease is held until the outcome commits), so concurrent
+/// batches touch disjoint rows.
 #[derive(Clone)]
 pub struct Batches {
     /// Receipt and lease (and on PostgreSQL a first attempt) in one statement.

@@ -5,10 +5,10 @@
 pub mod acks;
 mod consume;
 pub mod lanes;
-pub mod pacing;
-pub mod pipeline;
-pub mod replicas;
-pub mod retry;
+mod pacing;
+mod pipeline;
+mod replicas;
+mod retry;
 pub mod scheduler;
 
 use std::{

@@ -25,7 +25,7 @@ struct Session {
     last_sent: Option<Instant>,
 }
 
-pub struct Pacer {
+pub(super) struct Pacer {
     interval: Duration,
     /// How many processes share the limit; 0 holds every request back.
     share: watch::Receiver<u32>,
@@ -35,19 +35,20 @@ pub struct Pacer {
 /// A reserved slot; [`Pacer::wait`] turns it into permission to send.
 #[derive(Debug)]
 #[must_use]
-pub struct Ticket {
+pub(super) struct Ticket {
     slot: Instant,
 }
 
 impl Pacer {
     /// A pacer that has the whole limit to itself.
-    pub fn new(rate: RateLimit) -> Self {
+    #[cfg(test)]
+    pub(super) fn new(rate: RateLimit) -> Self {
         Self::shared(rate, watch::channel(1).1)
     }
 
     /// A pacer that spaces each session's requests `share` times wider, and holds them
     /// all while `share` is 0.
-    pub fn shared(rate: RateLimit, share: watch::Receiver<u32>) -> Self {
+    pub(super) fn shared(rate: RateLimit, share: watch::Receiver<u32>) -> Self {
         let base = rate.period / rate.count.max(1);
         let interval = (base + base * MARGIN_PERCENT / 100).max(Duration::from_micros(1));
         Self {
@@ -58,12 +59,12 @@ impl Pacer {
     }
 
     /// The least time between two requests of one session from this process now.
-    pub fn interval(&self) -> Duration {
+    pub(super) fn interval(&self) -> Duration {
         self.interval * (*self.share.borrow()).max(1)
     }
 
     /// How long a request for `session` reserved now would wait.
-    pub fn backlog(&self, session: &str) -> Duration {
+    pub(super) fn backlog(&self, session: &str) -> Duration {
         let now = Instant::now();
         self.lock()
             .get(session)
@@ -73,7 +74,11 @@ impl Pacer {
 
     /// Reserves the session's next slot, unless it is more than `max_wait` away: then
     /// nothing is reserved and the wait is returned.
-    pub fn reserve(&self, session: &str, max_wait: Option<Duration>) -> Result<Ticket, Duration> {
+    pub(super) fn reserve(
+        &self,
+        session: &str,
+        max_wait: Option<Duration>,
+    ) -> Result<Ticket, Duration> {
         let now = Instant::now();
         let mut sessions = self.lock();
         if sessions.len() > PRUNE_ABOVE {
@@ -93,7 +98,7 @@ impl Pacer {
     /// grew is pushed back), and while the share is 0; then records the send. Call right
     /// before sending. Returns how long it waited (zero when the request could leave at
     /// once: no timer is set then).
-    pub async fn wait(&self, session: &str, ticket: Ticket) -> Duration {
+    pub(super) async fn wait(&self, session: &str, ticket: Ticket) -> Duration {
         let start = Instant::now();
         let mut at = ticket.slot;
         let mut slept = false;
@@ -126,7 +131,8 @@ impl Pacer {
     }
 
     /// Reserves without a bound and waits: the usual way to pace one request.
-    pub async fn acquire(&self, session: &str) -> Duration {
+    #[cfg(test)]
+    pub(super) async fn acquire(&self, session: &str) -> Duration {
         match self.reserve(session, None) {
             Ok(ticket) => self.wait(session, ticket).await,
             Err(wait) => wait,

@@ -27,16 +27,16 @@ use tracing::{info, warn};
 use crate::{ops::metrics as m, store::Store};
 
 /// How often a process records its heartbeat and counts the others.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A process whose heartbeat is older than this is not counted.
-pub const LIVE_FOR: Duration = Duration::from_secs(5);
+pub(super) const LIVE_FOR: Duration = Duration::from_secs(5);
 /// A process that could not record its heartbeat for this long holds its requests.
-pub const SUSPEND_AFTER: Duration = Duration::from_millis(2500);
+pub(super) const SUSPEND_AFTER: Duration = Duration::from_millis(2500);
 
 /// The share of the limit this process takes: the number of processes sharing it, or 0
 /// while its requests are held. A pure state machine over an explicit clock.
 #[derive(Debug)]
-pub struct Share {
+pub(super) struct Share {
     hold: Duration,
     current: u32,
     /// Requests are held until then (a process that just joined others).
@@ -50,7 +50,7 @@ pub struct Share {
 
 impl Share {
     /// `longest_period`: the longest `rate_limit_per_session` period of any backend.
-    pub fn new(longest_period: Duration) -> Self {
+    pub(super) fn new(longest_period: Duration) -> Self {
         Self {
             hold: 3 * HEARTBEAT + longest_period,
             current: 0,
@@ -62,13 +62,13 @@ impl Share {
     }
 
     /// How long a joining process holds its requests, and a smaller count waits.
-    pub fn hold(&self) -> Duration {
+    pub(super) fn hold(&self) -> Duration {
         self.hold
     }
 
     /// A heartbeat was recorded at `now` and `count` processes (this one included) are
     /// live. Returns the share to apply.
-    pub fn counted(&mut self, count: u32, now: Instant) -> u32 {
+    pub(super) fn counted(&mut self, count: u32, now: Instant) -> u32 {
         let count = count.max(1);
         let rejoined = self
             .last_beat
@@ -105,7 +105,7 @@ impl Share {
     }
 
     /// No heartbeat could be recorded at `now`. Returns the share to apply.
-    pub fn missed(&mut self, now: Instant) -> u32 {
+    pub(super) fn missed(&mut self, now: Instant) -> u32 {
         if self
             .last_beat
             .is_none_or(|t| now.duration_since(t) >= SUSPEND_AFTER)
@@ -126,7 +126,7 @@ impl Share {
 
 /// Keeps this process's heartbeat and publishes its share until `stop`; then removes the
 /// heartbeat, so that the others take over its part of the limit.
-pub async fn run(
+pub(super) async fn run(
     store: Store,
     instance: String,
     mut share: Share,

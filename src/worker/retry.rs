@@ -9,7 +9,7 @@ use rand::Rng;
 use crate::config::RetrySettings;
 
 #[derive(Clone, Debug)]
-pub struct RetryPolicy {
+pub(super) struct RetryPolicy {
     pub initial: Duration,
     pub max: Duration,
     pub max_attempts: u32,
@@ -17,7 +17,7 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    pub fn from_settings(s: &RetrySettings) -> Self {
+    pub(super) fn from_settings(s: &RetrySettings) -> Self {
         Self {
             initial: s.initial_delay,
             max: s.max_delay,
@@ -27,7 +27,7 @@ impl RetryPolicy {
     }
 
     /// The exponential ceiling after `attempt` failed tries (1-based).
-    pub fn ceiling(&self, attempt: u32) -> Duration {
+    pub(super) fn ceiling(&self, attempt: u32) -> Duration {
         ExponentialBuilder::default()
             .with_min_delay(self.initial)
             .with_max_delay(self.max)
@@ -40,7 +40,7 @@ impl RetryPolicy {
 
     /// The wait before the next try: uniform in `[0, ceiling]` (full jitter), raised to
     /// `retry_after` when the provider asked for longer.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    pub(super) fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         let ceiling = self.ceiling(attempt);
         let jittered =
             Duration::from_secs_f64(rand::rng().random_range(0.0..=ceiling.as_secs_f64()));
@@ -52,7 +52,7 @@ impl RetryPolicy {
 }
 
 /// Backoff for infrastructure (database, broker) waits: 100 ms doubling to 5 s, jittered.
-pub fn infra_backoff() -> impl Iterator<Item = Duration> {
+pub(super) fn infra_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(5))

@@ -10,7 +10,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate, matchers::any};
 use crate::support::*;
 
 /// A URL on which nothing listens.
-pub fn closed_port_url() -> String {
+pub(crate) fn closed_port_url() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);

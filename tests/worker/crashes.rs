@@ -104,7 +104,7 @@ async fn assert_one_outcome_each(
             .one(db)
             .await
             .unwrap()
-            .expect("inbox row");
+            .expect("command row");
         assert_eq!(row.status, "done", "{id}");
         assert_eq!(row.outcome.as_deref(), Some("rotated"), "{id}");
         let outcomes = history::Entity::find()

@@ -22,7 +22,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// One sample of a Prometheus text exposition.
 #[derive(Debug)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub value: f64,
@@ -31,7 +31,7 @@ pub struct Sample {
 /// Parses Prometheus text format 0.0.4 strictly enough to fail on anything malformed:
 /// `# HELP` / `# TYPE` lines, and samples `name{label="value",...} value [timestamp]`
 /// whose family was declared by a `# TYPE` line.
-pub fn parse_prometheus(text: &str) -> Vec<Sample> {
+pub(crate) fn parse_prometheus(text: &str) -> Vec<Sample> {
     let valid_name = |n: &str| {
         let mut chars = n.chars();
         chars

@@ -47,7 +47,7 @@ async fn row(worker: &crate::support::RunningWorker, id: Uuid) -> command::Model
         .one(worker.store.connection())
         .await
         .unwrap()
-        .expect("inbox row")
+        .expect("command row")
 }
 
 on_both_databases!(two_server_errors_then_success_rotate_with_three_attempts);

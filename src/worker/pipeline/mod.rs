@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// A configured backend and the pacer of its sessions' requests.
-pub struct BackendEntry {
+pub(super) struct BackendEntry {
     pub backend: SharedBackend,
     pub pacer: Pacer,
     /// `backends.<name>.read_before_reset`.
@@ -41,7 +41,7 @@ pub struct BackendEntry {
 impl BackendEntry {
     /// `share`: how many worker processes share the backend's rate limit (see
     /// [`super::replicas`]).
-    pub fn new(
+    pub(super) fn new(
         backend: SharedBackend,
         settings: &BackendSettings,
         share: tokio::sync::watch::Receiver<u32>,
@@ -79,7 +79,7 @@ impl BackendEntry {
 
 /// What the consumer does with the delivery after [`process`].
 #[derive(Debug, PartialEq, Eq)]
-pub enum Disposition {
+pub(super) enum Disposition {
     /// The outcome is committed (or the message was a duplicate): ack.
     Ack,
     /// The command cannot be stored: publish it to the dead-letter queue with this
@@ -91,7 +91,7 @@ pub enum Disposition {
 
 /// The worker was asked to stop before the command could be settled; do not ack.
 #[derive(Debug)]
-pub struct Interrupted;
+pub(super) struct Interrupted;
 
 /// Why a command could not be settled normally.
 #[derive(Debug)]
@@ -135,7 +135,7 @@ fn completed_elsewhere() -> Disposition {
 }
 
 /// Everything commands need, shared by all in-flight commands of a process.
-pub struct Pipeline {
+pub(super) struct Pipeline {
     pub settings: Arc<Settings>,
     pub store: Store,
     /// Batched statements shared by concurrent commands, group commit included.
@@ -227,7 +227,7 @@ impl Pipeline {
     /// Settles one message body.
     /// `origin`: the delivery's headers a dead-lettered copy keeps
     /// ([`crate::domain::events::origin_headers`]).
-    pub async fn process(
+    pub(super) async fn process(
         &self,
         body: &[u8],
         origin: &[(String, String)],

@@ -23,11 +23,11 @@ use uuid::Uuid;
 
 use super::wait_until;
 
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub(crate) const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub(crate) const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Db {
+pub(crate) enum Db {
     Sqlite,
     Postgres,
 }
@@ -49,7 +49,7 @@ macro_rules! on_both_databases {
     )*};
 }
 
-pub struct TestEnv {
+pub(crate) struct TestEnv {
     pub settings: Settings,
     pub topology: Topology,
     pub world: SimWorld,
@@ -58,7 +58,7 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    pub async fn new(db: Db) -> Self {
+    pub(crate) async fn new(db: Db) -> Self {
         let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
         let dir = tempfile::tempdir().expect("tempdir");
         let db_path = dir.path().join("test.db");
@@ -106,28 +106,28 @@ impl TestEnv {
     }
 
     /// The environment's own temporary directory (removed on drop).
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self._dir.path()
     }
 
     /// A connection to the environment's database, as the worker sees it.
-    pub async fn store(&self) -> Store {
+    pub(crate) async fn store(&self) -> Store {
         Store::connect(self.settings.database.url.expose(), 2)
             .await
             .expect("connect to the test database")
     }
 
     /// The PostgreSQL database of a [`Db::Postgres`] environment.
-    pub fn pg_database(&self) -> Option<&str> {
+    pub(crate) fn pg_database(&self) -> Option<&str> {
         self.pg_db.as_deref()
     }
 
     /// Starts a worker in this process on these settings and this simulator world.
-    pub async fn start_worker(&self) -> RunningWorker {
+    pub(crate) async fn start_worker(&self) -> RunningWorker {
         self.start_worker_with(self.settings.clone()).await
     }
 
-    pub async fn start_worker_with(&self, settings: Settings) -> RunningWorker {
+    pub(crate) async fn start_worker_with(&self, settings: Settings) -> RunningWorker {
         let worker = tokio::time::timeout(BOUND, Worker::start(settings, Some(self.world.clone())))
             .await
             .unwrap_or_else(|_| panic!("the worker did not start within {BOUND:?}"))
@@ -149,7 +149,7 @@ impl TestEnv {
         }
     }
 
-    pub async fn channel(&self) -> (Connection, Channel) {
+    pub(crate) async fn channel(&self) -> (Connection, Channel) {
         let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
             .await
             .expect("amqp");
@@ -158,7 +158,7 @@ impl TestEnv {
     }
 
     /// Messages ready in one of this environment's queues.
-    pub async fn queue_len(&self, queue: &str) -> u32 {
+    pub(crate) async fn queue_len(&self, queue: &str) -> u32 {
         let (conn, ch) = self.channel().await;
         let q = ch
             .queue_declare(
@@ -233,14 +233,14 @@ impl Drop for TestEnv {
 /// grace, 30 s by default, plus the outbox drain).
 const BOUND: Duration = Duration::from_secs(90);
 
-pub struct RunningWorker {
+pub(crate) struct RunningWorker {
     token: CancellationToken,
     handle: Option<JoinHandle<Result<(), WorkerError>>>,
     pub store: Store,
 }
 
 impl RunningWorker {
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.token.cancel();
         if let Some(h) = self.handle.take() {
             tokio::time::timeout(BOUND, h)

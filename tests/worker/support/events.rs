@@ -21,18 +21,23 @@ use super::TestEnv;
 
 impl TestEnv {
     /// Publishes commands through the same code path as `invite-worker send`.
-    pub async fn send(&self, specs: &[CommandSpec]) -> Vec<Uuid> {
+    pub(crate) async fn send(&self, specs: &[CommandSpec]) -> Vec<Uuid> {
         send::publish(&self.settings, specs).await.expect("send")
     }
 
     /// Publishes raw bytes to the commands exchange.
-    pub async fn publish_raw(&self, body: &[u8]) {
+    pub(crate) async fn publish_raw(&self, body: &[u8]) {
         self.publish_raw_with(body, "command.revoke_invite", FieldTable::default())
             .await;
     }
 
     /// [`TestEnv::publish_raw`] with a routing key and headers of its own.
-    pub async fn publish_raw_with(&self, body: &[u8], routing_key: &str, headers: FieldTable) {
+    pub(crate) async fn publish_raw_with(
+        &self,
+        body: &[u8],
+        routing_key: &str,
+        headers: FieldTable,
+    ) {
         let (conn, ch) = self.channel().await;
         ch.confirm_select(Default::default())
             .await
@@ -52,7 +57,7 @@ impl TestEnv {
     }
 
     /// A queue bound to every event; call before the events are produced.
-    pub async fn tap_events(&self) -> EventTap {
+    pub(crate) async fn tap_events(&self) -> EventTap {
         let (conn, ch) = self.channel().await;
         broker::declare(&ch, &self.topology, QueueType::Classic)
             .await
@@ -118,7 +123,7 @@ impl TestEnv {
     }
 
     /// Drains the dead-letter queue: (body, x-invite-error header).
-    pub async fn dead_letters(&self) -> Vec<(Vec<u8>, String)> {
+    pub(crate) async fn dead_letters(&self) -> Vec<(Vec<u8>, String)> {
         self.dead_letters_with_headers()
             .await
             .into_iter()
@@ -127,7 +132,9 @@ impl TestEnv {
     }
 
     /// Drains the dead-letter queue: (body, headers with text values).
-    pub async fn dead_letters_with_headers(&self) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
+    pub(crate) async fn dead_letters_with_headers(
+        &self,
+    ) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
         let (conn, ch) = self.channel().await;
         let mut out = Vec::new();
         while let Some(m) = ch
@@ -153,7 +160,7 @@ impl TestEnv {
 }
 
 #[derive(Clone, Debug)]
-pub struct EventProps {
+pub(crate) struct EventProps {
     pub message_id: Option<String>,
     pub kind: Option<String>,
     pub correlation_id: Option<String>,
@@ -161,7 +168,7 @@ pub struct EventProps {
     pub routing_key: String,
 }
 
-pub struct EventTap {
+pub(crate) struct EventTap {
     rx: mpsc::UnboundedReceiver<(EventProps, Value)>,
     _conn: Connection,
     task: JoinHandle<()>,
@@ -175,7 +182,7 @@ impl Drop for EventTap {
 
 impl EventTap {
     /// The next `n` events, failing the test if they do not arrive within `within`.
-    pub async fn take(&mut self, n: usize, within: Duration) -> Vec<(EventProps, Value)> {
+    pub(crate) async fn take(&mut self, n: usize, within: Duration) -> Vec<(EventProps, Value)> {
         let mut out = Vec::with_capacity(n);
         let deadline = tokio::time::Instant::now() + within;
         while out.len() < n {
@@ -191,7 +198,7 @@ impl EventTap {
     }
 
     /// Events until one for `command_id` arrives (inclusive).
-    pub async fn until_command(
+    pub(crate) async fn until_command(
         &mut self,
         command_id: Uuid,
         within: Duration,
@@ -213,7 +220,7 @@ impl EventTap {
     }
 
     /// Events already delivered, without waiting.
-    pub fn drain_now(&mut self) -> Vec<(EventProps, Value)> {
+    pub(crate) fn drain_now(&mut self) -> Vec<(EventProps, Value)> {
         let mut out = Vec::new();
         while let Ok(e) = self.rx.try_recv() {
             out.push(e);

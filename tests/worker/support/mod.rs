@@ -5,17 +5,17 @@
 mod env;
 mod events;
 mod process;
-pub mod proxy;
+pub(crate) mod proxy;
 
 use std::time::Duration;
 
 use invite_worker::domain::{CommandSpec, CommandType};
 
-pub use env::{AMQP_URL, Db, PG_ADMIN_URL, RunningWorker, TestEnv};
-pub use events::EventTap;
-pub use process::{SimulatorProcess, WorkerProcess, free_port};
+pub(crate) use env::{AMQP_URL, Db, PG_ADMIN_URL, RunningWorker, TestEnv};
+pub(crate) use events::EventTap;
+pub(crate) use process::{SimulatorProcess, WorkerProcess, free_port};
 
-pub fn revoke(session: &str, group: &str) -> CommandSpec {
+pub(crate) fn revoke(session: &str, group: &str) -> CommandSpec {
     CommandSpec {
         kind: CommandType::RevokeInvite,
         session: session.into(),
@@ -27,19 +27,19 @@ pub fn revoke(session: &str, group: &str) -> CommandSpec {
     }
 }
 
-pub fn rotate(session: &str, group: &str) -> CommandSpec {
+pub(crate) fn rotate(session: &str, group: &str) -> CommandSpec {
     CommandSpec {
         kind: CommandType::RotateExpiringLink,
         ..revoke(session, group)
     }
 }
 
-pub fn group(n: usize) -> String {
+pub(crate) fn group(n: usize) -> String {
     format!("1203630412345{n:05}@g.us")
 }
 
 /// Polls `cond` until it holds, failing the test after `within`.
-pub async fn wait_until<F, Fut>(within: Duration, mut cond: F)
+pub(crate) async fn wait_until<F, Fut>(within: Duration, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,

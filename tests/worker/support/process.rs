@@ -18,7 +18,7 @@ impl TestEnv {
     /// Environment overrides that make `invite-worker run` use this environment: its
     /// AMQP prefix and database, classic queues, no HTTP listener, no scheduler, short
     /// retries and a short group lease (a crashed process's lease expires quickly).
-    pub fn process_env(&self) -> Vec<(String, String)> {
+    pub(crate) fn process_env(&self) -> Vec<(String, String)> {
         [
             ("AMQP__URL", self.settings.amqp.url.expose()),
             ("AMQP__NAME_PREFIX", &self.settings.amqp.name_prefix),
@@ -39,7 +39,7 @@ impl TestEnv {
 
     /// Environment overrides that point the `invite-worker` binary at this environment's
     /// broker names and database, with the HTTP endpoints and the scheduler off.
-    pub fn cli_env(&self) -> Vec<(String, String)> {
+    pub(crate) fn cli_env(&self) -> Vec<(String, String)> {
         let s = &self.settings;
         [
             ("AMQP__URL", s.amqp.url.expose().to_owned()),
@@ -55,7 +55,7 @@ impl TestEnv {
     }
 
     /// A `tokio::process::Command` for the binary with [`TestEnv::cli_env`] applied.
-    pub fn cli_command(&self, args: &[&str]) -> tokio::process::Command {
+    pub(crate) fn cli_command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_invite-worker"));
         cmd.args(args)
             .envs(self.cli_env())
@@ -66,7 +66,7 @@ impl TestEnv {
     }
 
     /// Runs the binary to completion: (exit code, stdout, stderr).
-    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) async fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let out = tokio::time::timeout(Duration::from_secs(60), self.cli_command(args).output())
             .await
             .expect("the CLI finishes within 60s")
@@ -80,14 +80,14 @@ impl TestEnv {
 }
 
 /// A running `invite-worker simulate` child process, killed on drop.
-pub struct SimulatorProcess {
+pub(crate) struct SimulatorProcess {
     child: std::process::Child,
     pub base: String,
     http: reqwest::Client,
 }
 
 impl SimulatorProcess {
-    pub fn spawn(token: &str) -> Self {
+    pub(crate) fn spawn(token: &str) -> Self {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_invite-worker"))
             .args(["simulate", "--listen", "127.0.0.1:0", "--token", token])
             .env("INVITE_WORKER__LOG__FORMAT", "json")
@@ -112,7 +112,7 @@ impl SimulatorProcess {
         }
     }
 
-    pub async fn link(&self, session: &str, group: &str) -> Value {
+    pub(crate) async fn link(&self, session: &str, group: &str) -> Value {
         self.http
             .get(format!(
                 "{}/_control/groups/link?session={}&group={}",
@@ -129,7 +129,7 @@ impl SimulatorProcess {
     }
 
     /// `POST /_control/<path>` with a JSON body.
-    pub async fn control(&self, path: &str, body: Value) {
+    pub(crate) async fn control(&self, path: &str, body: Value) {
         let status = self
             .http
             .post(format!("{}/_control/{path}", self.base))
@@ -141,7 +141,7 @@ impl SimulatorProcess {
         assert!(status.is_success(), "POST /_control/{path}: {status}");
     }
 
-    pub async fn stats(&self) -> Value {
+    pub(crate) async fn stats(&self) -> Value {
         self.http
             .get(format!("{}/_control/stats", self.base))
             .send()
@@ -162,7 +162,7 @@ impl Drop for SimulatorProcess {
 
 /// `invite-worker run` as a child process, configured through environment overrides,
 /// its output kept in a log file. Killed (SIGKILL) on drop.
-pub struct WorkerProcess {
+pub(crate) struct WorkerProcess {
     child: tokio::process::Child,
     log: PathBuf,
 }
@@ -170,7 +170,7 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts the binary with `env` (`INVITE_WORKER__…` pairs) and, when given, the
     /// failpoint armed; the log goes to `log`.
-    pub fn spawn(env: &[(String, String)], failpoint: Option<&str>, log: PathBuf) -> Self {
+    pub(crate) fn spawn(env: &[(String, String)], failpoint: Option<&str>, log: PathBuf) -> Self {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -192,7 +192,7 @@ impl WorkerProcess {
     }
 
     /// Sends SIGTERM (graceful shutdown).
-    pub fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         let pid = self.child.id().expect("worker still running");
         let ok = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -203,12 +203,12 @@ impl WorkerProcess {
     }
 
     /// Sends SIGKILL.
-    pub async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         self.child.kill().await.expect("kill worker");
     }
 
     /// Waits for the process to exit, failing the test (with the log) after `within`.
-    pub async fn exit_within(&mut self, within: Duration) -> std::process::ExitStatus {
+    pub(crate) async fn exit_within(&mut self, within: Duration) -> std::process::ExitStatus {
         match tokio::time::timeout(within, self.child.wait()).await {
             Ok(status) => status.expect("wait for worker"),
             Err(_) => panic!(
@@ -219,12 +219,12 @@ impl WorkerProcess {
     }
 
     /// The worker's log so far (of every process that wrote to the same file).
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The last lines of the worker's log.
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = self.log();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
@@ -232,7 +232,7 @@ impl WorkerProcess {
 }
 
 /// A free TCP port on 127.0.0.1 (bound once, then released).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")

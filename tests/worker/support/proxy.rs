@@ -20,7 +20,7 @@ enum Mode {
     Stall,
 }
 
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub addr: SocketAddr,
     mode: watch::Sender<Mode>,
     task: JoinHandle<()>,
@@ -28,7 +28,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// Listens on 127.0.0.1 (a free port) and forwards to `target` (`host:port`).
-    pub async fn start(target: &str) -> Self {
+    pub(crate) async fn start(target: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let (mode, _) = watch::channel(Mode::Open);
@@ -53,7 +53,7 @@ impl Proxy {
     }
 
     /// `url` with its `host:port` replaced by the proxy's.
-    pub fn url(&self, url: &str, target_port: u16) -> String {
+    pub(crate) fn url(&self, url: &str, target_port: u16) -> String {
         let original = format!("127.0.0.1:{target_port}");
         assert!(
             url.contains(&original),
@@ -63,16 +63,16 @@ impl Proxy {
     }
 
     /// Closes every proxied connection and refuses new ones until [`Proxy::restore`].
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.mode.send_replace(Mode::Cut);
     }
 
     /// Holds every byte in both directions until [`Proxy::restore`].
-    pub fn stall(&self) {
+    pub(crate) fn stall(&self) {
         self.mode.send_replace(Mode::Stall);
     }
 
-    pub fn restore(&self) {
+    pub(crate) fn restore(&self) {
         self.mode.send_replace(Mode::Open);
     }
 }
