@@ -1,6 +1,6 @@
 //! `send`: publishes commands to the commands exchange with publisher confirms, one from
-//! the command line (validated like the worker will) or many pipelined in batches (see
-//! [`super::bulk`] for `--from-file`).
+//! the command line (validated like the worker will) or many pipelined in batches (for
+//! `--from-file`, see `bulk.rs`).
 
 use std::time::Duration;
 

@@ -39,7 +39,7 @@ pub fn transport_error(error: reqwest::Error) -> BackendError {
 }
 
 /// The default classification of a refusal, from its HTTP status and its lower-cased
-/// message text (see [`Reply::error_text`]):
+/// message text (see [`super::Reply::error_text`]):
 /// 1. WhatsApp's own refusal words, passed through by WhatsApp-Web style gateways, win:
 ///    `rate-overlimit`, `not-authorized` (not an admin), `item-not-found` (no such group);
 /// 2. then the status: 401, 403, 404 (session or group by the text), 408, 429 and 5xx;

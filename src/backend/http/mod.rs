@@ -1,6 +1,6 @@
 //! Shared plumbing for the HTTP provider adapters: one pooled client per backend, the
 //! token attached and scrubbed from everything it could leak into, and a provider's
-//! answer read in full; URLs are built in [`url`], failures classified in [`classify`].
+//! answer read in full; URLs are built in `url.rs`, failures classified in `classify.rs`.
 
 mod classify;
 mod url;
@@ -68,7 +68,7 @@ fn unquote(raw: &str) -> Cow<'_, str> {
     Cow::Borrowed(raw)
 }
 
-/// [`classify`] as a refusal classifier for [`HttpApi::call`].
+/// [`classify()`] as a refusal classifier for [`HttpApi::call`].
 pub fn classify_reply(reply: &Reply, text: &str) -> ErrorKind {
     classify(reply.status, text)
 }

@@ -77,7 +77,7 @@ impl BackendEntry {
     }
 }
 
-/// What the consumer does with the delivery after [`process`].
+/// What the consumer does with the delivery after [`Pipeline::process`].
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Disposition {
     /// The outcome is committed (or the message was a duplicate): ack.
