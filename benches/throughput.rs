@@ -21,9 +21,9 @@ use std::{
 
 use futures::StreamExt;
 use invite_worker::{
-    acks::Acks,
-    amqp::{Topology, declare},
+    broker::{Topology, declare},
     config::QueueType,
+    worker::acks::Acks,
 };
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
@@ -629,7 +629,7 @@ async fn scan_at_scale() {
         .unwrap();
     let loaded = started.elapsed();
     let now = chrono::Utc::now();
-    let due = invite_worker::scheduler::due_cutoff(now, Duration::from_secs(24 * 3600));
+    let due = invite_worker::worker::scheduler::due_cutoff(now, Duration::from_secs(24 * 3600));
     let started = Instant::now();
     let count = store.count_links_due(due).await.unwrap();
     let counted = started.elapsed();

@@ -1,28 +1,15 @@
 //! invite-worker: revokes and rotates WhatsApp group invite links on commands from
 //! RabbitMQ, with an inbox for exactly-once effects and an outbox for events.
+//!
+//! Dependencies point one way: `cli` and `worker` use `broker`, `store`, `backend` and
+//! `simulator`, which use `ops`, which uses `domain` and `config` (`config` uses `domain`).
 
-pub mod acks;
-pub mod amqp;
 pub mod backend;
-pub mod batch;
-pub mod command;
+pub mod broker;
+pub mod cli;
 pub mod config;
-pub mod dead_letters;
-pub mod events;
-pub mod failpoint;
-pub mod http;
-pub mod lanes;
-pub mod links;
-pub mod metrics;
-pub mod outbox;
-pub mod pipeline;
-pub mod ratelimit;
-pub mod replicas;
-pub mod retry;
-pub mod scheduler;
-pub mod send;
+pub mod domain;
+pub mod ops;
 pub mod simulator;
 pub mod store;
-pub mod telemetry;
-pub mod watch;
 pub mod worker;

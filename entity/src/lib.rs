@@ -6,3 +6,4 @@ pub mod group_lease;
 pub mod history;
 pub mod link;
 pub mod outbox;
+pub mod worker_heartbeat;

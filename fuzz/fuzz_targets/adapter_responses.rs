@@ -6,7 +6,10 @@
 
 #![no_main]
 
-use invite_worker::backend::{BackendKind, InviteCode, http::Reply, read_reply};
+use invite_worker::{
+    backend::{http::Reply, read_reply},
+    domain::{BackendKind, InviteCode},
+};
 use libfuzzer_sys::fuzz_target;
 
 const KINDS: [BackendKind; 6] = [

@@ -3,9 +3,8 @@
 
 #![no_main]
 
-use invite_worker::{
-    backend::ErrorKind,
-    command::{self, BackendResolver, GroupId, GroupIdStyle, SessionId},
+use invite_worker::domain::{
+    BackendResolver, ErrorKind, GroupId, GroupIdStyle, SessionId, command,
 };
 use libfuzzer_sys::fuzz_target;
 

@@ -11,7 +11,7 @@ enum WorkerHeartbeats {
 }
 
 #[derive(DeriveMigrationName)]
-pub struct Migration;
+pub(crate) struct Migration;
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {

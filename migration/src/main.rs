@@ -1,3 +1,6 @@
+//! The migration command line (`cargo run -p migration -- up|down|status`) over
+//! [`migration::Migrator`].
+
 use sea_orm_migration::prelude::*;
 
 #[tokio::main]

@@ -1,26 +1,28 @@
 //! The `evolution` backend kind: Evolution API. `apikey` header auth; the session is the
 //! instance in the path and the group JID goes in the `groupJid` query parameter.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use reqwest::Method;
 
 use super::{
-    Backend, BackendError, BackendKind, Link,
-    http::{Auth, HttpApi, Reply, classify_reply},
+    Backend,
+    http::{Auth, BuildError, HttpApi, Reply, classify, first_word, whatsapp_refusal},
 };
 use crate::{
-    command::{GroupId, SessionId},
-    config::BackendSettings,
+    config::HttpProvider,
+    domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
-pub struct Evolution {
+pub(super) struct Evolution {
     api: HttpApi,
 }
 
 impl Evolution {
-    pub fn new(settings: &BackendSettings) -> Result<Self, String> {
+    pub(super) fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, BuildError> {
         Ok(Self {
-            api: HttpApi::new(settings, Auth::Header("apikey"), None)?,
+            api: HttpApi::new(http, timeout, Auth::Header("apikey"), None)?,
         })
     }
 
@@ -43,7 +45,26 @@ impl Evolution {
 
 /// How an Evolution answer reads: `inviteUrl` or `inviteCode`, or a refusal.
 pub(super) fn read_reply(reply: &Reply) -> Result<Link, BackendError> {
-    reply.interpret(classify_reply, |r| r.link(&["inviteUrl", "inviteCode"]))
+    reply.interpret(refusal_kind, |r| r.link(&["inviteUrl", "inviteCode"]))
+}
+
+/// WhatsApp's words first, then those of Baileys (the library Evolution runs on), which
+/// Evolution wraps in a 404 like every refusal: both transient, unlike a 404's usual
+/// meaning; then the default classification.
+fn refusal_kind(reply: &Reply, text: &str) -> ErrorKind {
+    whatsapp_refusal(text)
+        .or_else(|| {
+            first_word(
+                text,
+                &[
+                    // The session's WhatsApp connection is gone.
+                    ("connection closed", ErrorKind::SessionDisconnected),
+                    // Baileys' own timeout.
+                    ("timed out", ErrorKind::BackendUnavailable),
+                ],
+            )
+        })
+        .unwrap_or_else(|| classify(reply.status, text))
 }
 
 #[async_trait]
@@ -63,5 +84,30 @@ impl Backend for Evolution {
     async fn reset_link(&self, session: &SessionId, group: &GroupId) -> Result<Link, BackendError> {
         self.invite(Method::POST, "revokeInviteCode", session, group)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baileys_words_win_over_the_404s_usual_meaning() {
+        fn kind(text: &str) -> ErrorKind {
+            refusal_kind(&Reply::from_parts(404, &[], Vec::new()), text)
+        }
+        fn wrapped(error: &str) -> String {
+            format!("[\"revoke error\", \"{error}\"]")
+        }
+        assert_eq!(
+            kind(&wrapped("error: connection closed")),
+            ErrorKind::SessionDisconnected
+        );
+        assert_eq!(
+            kind(&wrapped("error: timed out")),
+            ErrorKind::BackendUnavailable
+        );
+        assert_eq!(kind(&wrapped("error: not-authorized")), ErrorKind::NotAdmin);
+        assert_eq!(kind(&wrapped("group not found")), ErrorKind::GroupNotFound);
     }
 }

@@ -1,27 +1,29 @@
 //! The `gateway` backend kind: the self-hosted "WhatsApp Gateway". Bearer auth; the link
 //! is read with GET and reset with DELETE on `/api/v1/sessions/{session}/groups/{gid}/invite`.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::Value;
 
 use super::{
-    Backend, BackendError, BackendKind, ErrorKind, Link,
-    http::{Auth, HttpApi, Reply, classify, not_found},
+    Backend,
+    http::{Auth, BuildError, HttpApi, Reply, classify, not_found},
 };
 use crate::{
-    command::{GroupId, SessionId},
-    config::BackendSettings,
+    config::HttpProvider,
+    domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
-pub struct Gateway {
+pub(super) struct Gateway {
     api: HttpApi,
 }
 
 impl Gateway {
-    pub fn new(settings: &BackendSettings) -> Result<Self, String> {
+    pub(super) fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, BuildError> {
         Ok(Self {
-            api: HttpApi::new(settings, Auth::Bearer, None)?,
+            api: HttpApi::new(http, timeout, Auth::Bearer, None)?,
         })
     }
 

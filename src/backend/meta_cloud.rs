@@ -1,35 +1,39 @@
 //! The `meta_cloud` backend kind: the WhatsApp Business Cloud API (Graph API). It can
 //! only reset a link (POST `/{version}/{group_id}/invite_link`), not read the current one.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{
-    Backend, BackendError, BackendKind, ErrorKind, Link,
-    http::{Auth, HttpApi, Reply, classify},
+    Backend,
+    http::{Auth, BuildError, HttpApi, Reply, classify},
 };
 use crate::{
-    command::{GroupId, SessionId},
-    config::BackendSettings,
+    config::HttpProvider,
+    domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
-pub const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
-pub const DEFAULT_API_VERSION: &str = "v23.0";
+pub(super) const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
+pub(super) const DEFAULT_API_VERSION: &str = "v23.0";
 
-pub struct MetaCloud {
+pub(super) struct MetaCloud {
     api: HttpApi,
     version: String,
 }
 
 impl MetaCloud {
-    pub fn new(settings: &BackendSettings) -> Result<Self, String> {
+    /// `api_version`: the Graph API version (`None`: [`DEFAULT_API_VERSION`]).
+    pub(super) fn new(
+        http: &HttpProvider,
+        timeout: Duration,
+        api_version: Option<&str>,
+    ) -> Result<Self, BuildError> {
         Ok(Self {
-            api: HttpApi::new(settings, Auth::Bearer, Some(DEFAULT_BASE_URL))?,
-            version: settings
-                .api_version
-                .clone()
-                .unwrap_or_else(|| DEFAULT_API_VERSION.to_owned()),
+            api: HttpApi::new(http, timeout, Auth::Bearer, Some(DEFAULT_BASE_URL))?,
+            version: api_version.unwrap_or(DEFAULT_API_VERSION).to_owned(),
         })
     }
 }

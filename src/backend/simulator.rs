@@ -2,20 +2,20 @@
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, BackendKind, ErrorKind, InviteCode, Link};
+use super::Backend;
 use crate::{
-    command::{GroupId, SessionId},
+    domain::{BackendError, BackendKind, ErrorKind, GroupId, InviteCode, Link, SessionId},
     simulator::{Op, SimError, SimWorld, world::route},
 };
 
-pub struct SimulatorBackend {
+pub(super) struct SimulatorBackend {
     world: SimWorld,
     timeout: std::time::Duration,
 }
 
 impl SimulatorBackend {
     /// `timeout` is how long a simulated hang lasts before it fails as a timeout.
-    pub fn new(world: SimWorld, timeout: std::time::Duration) -> Self {
+    pub(super) fn new(world: SimWorld, timeout: std::time::Duration) -> Self {
         Self { world, timeout }
     }
 
@@ -46,7 +46,7 @@ impl SimulatorBackend {
 
 /// How the in-process kind reports the world's refusals (HTTP statuses as a real
 /// provider would classify them).
-pub fn map_error(e: SimError) -> BackendError {
+pub(super) fn map_error(e: SimError) -> BackendError {
     match e {
         SimError::Fault {
             status,

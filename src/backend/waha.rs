@@ -1,29 +1,31 @@
 //! The `waha` backend kind: WAHA, the self-hosted WhatsApp HTTP API. `X-Api-Key` auth;
 //! the invite code comes back as a bare JSON string (a code or a full link).
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use reqwest::Method;
 
 use super::{
-    Backend, BackendError, BackendKind, ErrorKind, Link,
-    http::{Auth, HttpApi, Reply, classify},
+    Backend,
+    http::{Auth, BuildError, HttpApi, Reply, classify},
 };
 use crate::{
-    command::{GroupId, SessionId},
-    config::BackendSettings,
+    config::HttpProvider,
+    domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
 /// Fields tolerated around the code when the body is an object instead of a string.
 pub(super) const CODE_FIELDS: &[&str] = &["code", "inviteCode"];
 
-pub struct Waha {
+pub(super) struct Waha {
     api: HttpApi,
 }
 
 impl Waha {
-    pub fn new(settings: &BackendSettings) -> Result<Self, String> {
+    pub(super) fn new(http: &HttpProvider, timeout: Duration) -> Result<Self, BuildError> {
         Ok(Self {
-            api: HttpApi::new(settings, Auth::Header("X-Api-Key"), None)?,
+            api: HttpApi::new(http, timeout, Auth::Header("X-Api-Key"), None)?,
         })
     }
 
@@ -50,7 +52,7 @@ impl Waha {
     }
 }
 
-/// How an answer of WAHA (and wawp) reads: a bare code or link, or a refusal.
+/// How an answer of WAHA reads: a bare code or link, or a refusal (wawp's read alike).
 pub(super) fn read_reply(reply: &Reply) -> Result<Link, BackendError> {
     reply.interpret(refusal_kind, |r| r.link(CODE_FIELDS))
 }

@@ -1,39 +1,41 @@
 //! The `wasend` backend kind: Bearer auth, either the `invite-link` endpoint family of
 //! the docs (the only provider reporting `expiresAt`) or the SDK's older `invite-code` one.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde_json::Value;
 
 use super::{
-    Backend, BackendError, BackendKind, Link,
-    http::{Auth, HttpApi, Reply, classify_reply, invite_code},
+    Backend,
+    http::{Auth, BuildError, HttpApi, Reply, classify, described, invite_code},
 };
 use crate::{
-    command::{GroupId, SessionId},
-    config::BackendSettings,
+    config::{HttpProvider, WasendEndpoints},
+    domain::{BackendError, BackendKind, ErrorKind, GroupId, Link, SessionId},
 };
 
 /// Both families answer with one of these (or, for `invite-code`, a bare string).
 const LINK_FIELDS: &[&str] = &["inviteLink", "inviteCode", "code"];
 
-pub struct Wasend {
+pub(super) struct Wasend {
     api: HttpApi,
     /// The last path segment before `/revoke`: `invite-link` or `invite-code`.
     family: &'static str,
 }
 
 impl Wasend {
-    pub fn new(settings: &BackendSettings) -> Result<Self, String> {
-        let family = match settings.endpoints.as_deref() {
-            None | Some("invite-link") => "invite-link",
-            Some("invite-code") => "invite-code",
-            Some(other) => return Err(format!("endpoints: unknown family {other:?}")),
-        };
+    /// `endpoints`: the endpoint family (`None`: `invite-link`).
+    pub(super) fn new(
+        http: &HttpProvider,
+        timeout: Duration,
+        endpoints: Option<WasendEndpoints>,
+    ) -> Result<Self, BuildError> {
         Ok(Self {
-            api: HttpApi::new(settings, Auth::Bearer, None)?,
-            family,
+            api: HttpApi::new(http, timeout, Auth::Bearer, None)?,
+            family: endpoints.unwrap_or(WasendEndpoints::InviteLink).as_str(),
         })
     }
 
@@ -56,13 +58,27 @@ impl Wasend {
 
 /// How a wasend answer reads: the link and its `expiresAt`, or a refusal.
 pub(super) fn read_reply(reply: &Reply) -> Result<Link, BackendError> {
-    reply.interpret(classify_reply, |reply| {
+    reply.interpret(refusal_kind, |reply| {
         let body = reply.json_or_code()?;
         Ok(Link {
             code: invite_code(&body, LINK_FIELDS)?,
             expires_at: expires_at(&body),
         })
     })
+}
+
+/// The default classification, except that a server error saying the session is
+/// disconnected (Wasend's 503) is reported as such; both are transient.
+fn refusal_kind(reply: &Reply, text: &str) -> ErrorKind {
+    match classify(reply.status, text) {
+        ErrorKind::BackendUnavailable
+            if (500..=599).contains(&reply.status)
+                && described(text) == Some(ErrorKind::SessionDisconnected) =>
+        {
+            ErrorKind::SessionDisconnected
+        }
+        kind => kind,
+    }
 }
 
 /// `expiresAt` as ISO 8601: RFC 3339, or a date and time without an offset (read as
@@ -105,6 +121,20 @@ impl Backend for Wasend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_error_saying_the_session_is_disconnected_is_session_disconnected() {
+        let kind = |status, text| refusal_kind(&Reply::from_parts(status, &[], Vec::new()), text);
+        assert_eq!(
+            kind(503, "session disconnected"),
+            ErrorKind::SessionDisconnected
+        );
+        assert_eq!(kind(503, ""), ErrorKind::BackendUnavailable);
+        assert_eq!(
+            kind(200, "session is not connected"),
+            ErrorKind::SessionDisconnected
+        );
+    }
 
     #[test]
     fn expires_at_reads_rfc_3339_and_offsetless_iso_8601_as_utc() {

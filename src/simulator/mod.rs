@@ -1,7 +1,7 @@
-//! The provider simulator (docs/contract.md §7): one in-memory world served in-process (the
-//! `simulator` backend kind) and over HTTP in every provider's dialect (`simulate`).
+//! The provider simulator (docs/contract.md §7): one in-memory world served in-process
+//! (the `simulator` backend kind) and over HTTP in every provider's dialect (`simulate`).
 
-pub mod http;
+pub mod server;
 pub mod world;
 
 pub use world::{FaultSpec, GroupSpec, Op, SessionSpec, SimError, SimLink, SimWorld, Stats};

@@ -3,17 +3,14 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use invite_worker::{
-    backend::{BackendKind, ErrorKind},
-    command::{GroupId, GroupIdStyle, SessionId},
-};
+use invite_worker::domain::{BackendKind, ErrorKind, GroupId, GroupIdStyle, SessionId};
 use serde_json::json;
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers::any};
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// A URL on which nothing listens.
-pub fn closed_port_url() -> String {
+pub(crate) fn closed_port_url() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
@@ -185,11 +182,12 @@ async fn a_plain_text_code_or_link_is_read_like_a_json_string() {
 async fn backends_without_a_token_are_refused_at_build_naming_the_backend() {
     for kind in HTTP_KINDS {
         let mut settings = settings(kind, "http://127.0.0.1:1");
-        settings.token = None;
+        http(&mut settings).token = None;
         let world = invite_worker::simulator::SimWorld::new(false);
         let error = invite_worker::backend::build("acme", &settings, &world)
             .err()
-            .expect("a backend without token is refused");
+            .expect("a backend without token is refused")
+            .to_string();
         assert!(
             error.contains("backends.acme") && error.contains("token"),
             "{error}"

@@ -1,14 +1,14 @@
 //! `evolution`: `apikey` header, the instance in the path and the JID in `groupJid`,
 //! and refusals wrapped in `{"status", "error", "response": {"message": [...]}}`.
 
-use invite_worker::backend::{BackendKind, ErrorKind};
+use invite_worker::domain::{BackendKind, ErrorKind};
 use serde_json::{Value, json};
 use wiremock::{
     Mock, MockBuilder, ResponseTemplate,
     matchers::{header, method, path, query_param},
 };
 
-use crate::helpers::*;
+use crate::support::*;
 
 const KIND: BackendKind = BackendKind::Evolution;
 

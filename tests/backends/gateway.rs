@@ -1,14 +1,14 @@
 //! `gateway`: Bearer auth, GET to read and DELETE to reset, `{"invite": …}` bodies and
 //! `{"error": {"code", "message"}}` refusals.
 
-use invite_worker::backend::{BackendKind, ErrorKind};
+use invite_worker::domain::{BackendKind, ErrorKind};
 use serde_json::{Value, json};
 use wiremock::{
     Mock, MockBuilder, ResponseTemplate,
     matchers::{header, method, path},
 };
 
-use crate::helpers::*;
+use crate::support::*;
 
 const KIND: BackendKind = BackendKind::Gateway;
 

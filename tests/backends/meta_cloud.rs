@@ -1,14 +1,17 @@
 //! `meta_cloud`: reset only, by POST with a JSON body under a versioned path; Graph API
 //! error codes decide the kind.
 
-use invite_worker::backend::{BackendKind, ErrorKind};
+use invite_worker::{
+    config::Provider,
+    domain::{BackendKind, ErrorKind},
+};
 use serde_json::{Value, json};
 use wiremock::{
     Mock, MockBuilder, ResponseTemplate,
     matchers::{any, body_json, header, method, path},
 };
 
-use crate::helpers::*;
+use crate::support::*;
 
 const KIND: BackendKind = BackendKind::MetaCloud;
 
@@ -50,7 +53,9 @@ async fn meta_cloud_resets_with_the_documented_post_and_default_version() {
 async fn meta_cloud_uses_the_configured_api_version() {
     let server = wiremock::MockServer::start().await;
     let mut settings = settings(KIND, &format!("{}/", server.uri()));
-    settings.api_version = Some("v21.0".into());
+    if let Provider::MetaCloud { api_version, .. } = &mut settings.provider {
+        *api_version = Some("v21.0".into());
+    }
     meta("v21.0")
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"invite_link": link(CODE)})))
         .expect(1)
@@ -75,7 +80,7 @@ async fn meta_cloud_tolerates_the_docs_double_quoted_link() {
 #[tokio::test]
 async fn meta_cloud_needs_no_base_url() {
     let mut settings = settings(KIND, "unused");
-    settings.base_url = None;
+    http(&mut settings).base_url = None;
     assert_eq!(build(&settings).kind(), KIND);
 }
 

@@ -1,16 +1,13 @@
 //! `waha`: `X-Api-Key` auth, bare-string bodies, 422 and WhatsApp's 500 refusals.
 
-use invite_worker::{
-    backend::{BackendKind, ErrorKind},
-    command::SessionId,
-};
+use invite_worker::domain::{BackendKind, ErrorKind, SessionId};
 use serde_json::json;
 use wiremock::{
     Mock, MockBuilder, ResponseTemplate,
     matchers::{header, method, path},
 };
 
-use crate::helpers::*;
+use crate::support::*;
 
 const KIND: BackendKind = BackendKind::Waha;
 

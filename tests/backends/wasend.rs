@@ -2,14 +2,18 @@
 //! false` answers that arrive with a 200.
 
 use chrono::{DateTime, Utc};
-use invite_worker::backend::{BackendKind, ErrorKind, SharedBackend};
+use invite_worker::{
+    backend::SharedBackend,
+    config::{Provider, WasendEndpoints},
+    domain::{BackendKind, ErrorKind},
+};
 use serde_json::json;
 use wiremock::{
     Mock, MockBuilder, MockServer, ResponseTemplate,
     matchers::{body_string, header, method, path},
 };
 
-use crate::helpers::*;
+use crate::support::*;
 
 const KIND: BackendKind = BackendKind::Wasend;
 
@@ -22,7 +26,9 @@ fn wasend(verb: &str, tail: &str) -> MockBuilder {
 async fn serve_invite_code_family() -> (MockServer, SharedBackend) {
     let server = MockServer::start().await;
     let mut settings = settings(KIND, &server.uri());
-    settings.endpoints = Some("invite-code".into());
+    if let Provider::Wasend { endpoints, .. } = &mut settings.provider {
+        *endpoints = Some(WasendEndpoints::InviteCode);
+    }
     let backend = build(&settings);
     (server, backend)
 }

@@ -1,14 +1,14 @@
 //! `wawp`: `/v2` paths with `instance_id` and `access_token` in the query, WAHA's errors,
 //! and a query token that must never reach an error.
 
-use invite_worker::backend::{BackendKind, ErrorKind};
+use invite_worker::domain::{BackendKind, ErrorKind};
 use serde_json::json;
 use wiremock::{
     Mock, MockBuilder, ResponseTemplate,
     matchers::{method, path, query_param},
 };
 
-use crate::helpers::*;
+use crate::support::*;
 
 const KIND: BackendKind = BackendKind::Wawp;
 

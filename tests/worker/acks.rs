@@ -7,10 +7,9 @@
 use std::{collections::HashSet, time::Duration};
 
 use invite_worker::{
-    amqp::{Broker, Publisher},
+    broker::{Broker, Publisher},
     config::QueueType,
-    events::OutboxMessage,
-    send::CommandSpec,
+    domain::{CommandSpec, events::OutboxMessage},
     simulator::FaultSpec,
 };
 use lapin::{
@@ -19,8 +18,8 @@ use lapin::{
 };
 
 use crate::{
-    helpers::{AMQP_URL, Db, EventTap, TestEnv, group, revoke, wait_until},
     on_both_databases,
+    support::{AMQP_URL, Db, EventTap, TestEnv, group, revoke, wait_until},
 };
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -10,11 +10,14 @@ use std::{
 };
 
 use entity::{command, history, outbox};
-use invite_worker::{backend::BackendKind, failpoint, send::CommandSpec};
+use invite_worker::{
+    domain::{BackendKind, CommandSpec},
+    ops::failpoint,
+};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use uuid::Uuid;
 
-use crate::helpers::{
+use crate::support::{
     Db, EventTap, SimulatorProcess, TestEnv, WorkerProcess, group, revoke, wait_until,
 };
 
@@ -101,7 +104,7 @@ async fn assert_one_outcome_each(
             .one(db)
             .await
             .unwrap()
-            .expect("inbox row");
+            .expect("command row");
         assert_eq!(row.status, "done", "{id}");
         assert_eq!(row.outcome.as_deref(), Some("rotated"), "{id}");
         let outcomes = history::Entity::find()

@@ -7,7 +7,7 @@ use lapin::{
 };
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 
-use crate::helpers::{Db, PG_ADMIN_URL, TestEnv};
+use crate::support::{Db, PG_ADMIN_URL, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_test_environment_leaves_no_queue_exchange_or_database() {

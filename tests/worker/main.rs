@@ -3,16 +3,14 @@
 
 mod acks;
 mod crashes;
-mod helpers;
 mod hygiene;
 mod operations;
 mod outages;
 mod pipeline;
 mod providers;
-mod proxy;
 mod rate_limits;
 mod retries;
 mod scheduler;
 mod secrets;
 mod shutdown;
-mod store_batches;
+mod support;

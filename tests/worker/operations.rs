@@ -4,23 +4,25 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use invite_worker::{
-    dead_letters::{self, Selection},
-    links,
+    cli::{
+        dead_letters::{self, Selection},
+        links,
+    },
     simulator::world::FaultSpec,
     store::{GroupKey, Store},
 };
 use serde_json::Value;
 
 use crate::{
-    helpers::{Db, TestEnv, free_port, group, revoke, wait_until},
     on_both_databases,
+    support::{Db, TestEnv, free_port, group, revoke, wait_until},
 };
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// One sample of a Prometheus text exposition.
 #[derive(Debug)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub value: f64,
@@ -29,7 +31,7 @@ pub struct Sample {
 /// Parses Prometheus text format 0.0.4 strictly enough to fail on anything malformed:
 /// `# HELP` / `# TYPE` lines, and samples `name{label="value",...} value [timestamp]`
 /// whose family was declared by a `# TYPE` line.
-pub fn parse_prometheus(text: &str) -> Vec<Sample> {
+pub(crate) fn parse_prometheus(text: &str) -> Vec<Sample> {
     let valid_name = |n: &str| {
         let mut chars = n.chars();
         chars
@@ -347,7 +349,7 @@ async fn a_replayed_dead_letter_completes_once_the_fault_is_gone(db: Db) {
     assert_eq!(history, ["failed", "replayed", "rotated"]);
     let row = worker
         .store
-        .inbox_get(&id.to_string())
+        .find_command(&id.to_string())
         .await
         .expect("read")
         .expect("row");

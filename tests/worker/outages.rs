@@ -6,18 +6,18 @@ use std::{collections::HashSet, time::Duration};
 
 use entity::command;
 use invite_worker::{
-    amqp::{Broker, Publisher},
+    broker::{Broker, Publisher},
+    cli::send,
     config::{QueueType, Secret},
-    events::OutboxMessage,
-    send::{self, CommandSpec},
+    domain::{CommandSpec, events::OutboxMessage},
 };
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::{
-    helpers::{AMQP_URL, Db, EventTap, TestEnv, free_port, group, revoke, wait_until},
-    proxy::Proxy,
+    support::proxy::Proxy,
+    support::{AMQP_URL, Db, EventTap, TestEnv, free_port, group, revoke, wait_until},
 };
 
 const STREAM: usize = 500;
@@ -206,7 +206,10 @@ async fn publisher_confirms_that_never_arrive_time_out_and_publishing_recovers()
     let started = tokio::time::Instant::now();
     let stalled = publisher.publish(&event("stalled")).await;
     assert!(
-        matches!(stalled, Err(invite_worker::amqp::PublishError::Timeout(_))),
+        matches!(
+            stalled,
+            Err(invite_worker::broker::PublishError::Timeout(_))
+        ),
         "{stalled:?}"
     );
     assert!(started.elapsed() < timeout * 4, "{:?}", started.elapsed());

@@ -7,8 +7,8 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
 use crate::{
-    helpers::{Db, TestEnv, group, revoke, rotate},
     on_both_databases,
+    support::{Db, TestEnv, group, revoke, rotate},
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -83,7 +83,7 @@ async fn same_command_id_twice_resets_once_with_one_event_id(db: Db) {
     let worker = env.start_worker_with(settings).await;
     let g = group(2);
     let id = Uuid::new_v4();
-    let spec = invite_worker::send::CommandSpec {
+    let spec = invite_worker::domain::CommandSpec {
         command_id: Some(id),
         ..revoke("sales", &g)
     };
@@ -361,7 +361,7 @@ async fn two_workers_share_one_database_without_overlapping_a_group() {
 /// (a readable kind): every command has exactly one outcome and no reset overlapped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_run_processes_share_one_database_and_queue() {
-    use crate::helpers::{SimulatorProcess, WorkerProcess};
+    use crate::support::{SimulatorProcess, WorkerProcess};
     const TOKEN: &str = "two-proc-token-5d1";
     let env = TestEnv::new(Db::Postgres).await;
     let sim = SimulatorProcess::spawn(TOKEN);
@@ -383,7 +383,7 @@ async fn two_run_processes_share_one_database_and_queue() {
     let mut b = WorkerProcess::spawn(&vars, None, env.dir().join("b.log"));
 
     let specs: Vec<_> = (0..200)
-        .map(|i| invite_worker::send::CommandSpec {
+        .map(|i| invite_worker::domain::CommandSpec {
             backend: Some("waha".into()),
             ..revoke("sales", &group(300 + i % 10))
         })

@@ -3,33 +3,22 @@
 
 use std::time::Duration;
 
-use crate::helpers::{Db, SimulatorProcess, TestEnv, revoke};
+use crate::support::{Db, SimulatorProcess, TestEnv, revoke};
 use invite_worker::{
-    backend::BackendKind,
-    config::{BackendSettings, Secret},
-    send::CommandSpec,
+    config::{BackendSettings, HttpProvider, Provider, Secret},
+    domain::{BackendKind, CommandSpec},
 };
 
 const TOKEN: &str = "sim-token-5e3a9";
 
 fn backend(kind: BackendKind, base: &str) -> BackendSettings {
+    let http = HttpProvider::new(
+        Some(format!("{base}/{}", kind.as_str())),
+        Some(Secret::new(TOKEN)),
+    );
     BackendSettings {
-        base_url: Some(format!("{base}/{}", kind.as_str())),
-        token: Some(Secret::new(TOKEN)),
         timeout: Duration::from_secs(5),
-        ..BackendSettings::simulator()
-    }
-    .with_kind(kind)
-}
-
-trait WithKind {
-    fn with_kind(self, kind: BackendKind) -> Self;
-}
-
-impl WithKind for BackendSettings {
-    fn with_kind(mut self, kind: BackendKind) -> Self {
-        self.kind = kind;
-        self
+        ..BackendSettings::of(Provider::http_kind(kind, http).expect("an HTTP kind"))
     }
 }
 

@@ -5,7 +5,7 @@ use std::{collections::HashSet, time::Duration};
 
 use sea_orm::ConnectionTrait;
 
-use crate::helpers::{Db, TestEnv, group, revoke};
+use crate::support::{Db, TestEnv, group, revoke};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_of_300_commands_for_one_session_stays_within_10_per_second() {

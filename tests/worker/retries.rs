@@ -11,8 +11,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    helpers::{Db, TestEnv, group, revoke, wait_until},
     on_both_databases,
+    support::{Db, TestEnv, group, revoke, wait_until},
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -42,12 +42,12 @@ async fn dead_letters(env: &TestEnv, n: usize) -> Vec<(Vec<u8>, String)> {
     dead
 }
 
-async fn row(worker: &crate::helpers::RunningWorker, id: Uuid) -> command::Model {
+async fn row(worker: &crate::support::RunningWorker, id: Uuid) -> command::Model {
     command::Entity::find_by_id(id.to_string())
         .one(worker.store.connection())
         .await
         .unwrap()
-        .expect("inbox row")
+        .expect("command row")
 }
 
 on_both_databases!(two_server_errors_then_success_rotate_with_three_attempts);
@@ -311,7 +311,7 @@ on_both_databases!(a_replayed_dead_letter_is_republished_with_the_commands_heade
 /// failure reason): when it fails again, the new dead letter still carries them.
 async fn a_replayed_dead_letter_is_republished_with_the_commands_headers(db: Db) {
     use invite_worker::{
-        dead_letters::{self, Selection},
+        cli::dead_letters::{self, Selection},
         store::Store,
     };
     use lapin::types::{AMQPValue, FieldTable, LongString};

@@ -6,12 +6,16 @@ use std::{collections::HashSet, time::Duration};
 
 use chrono::{DateTime, Utc};
 use entity::link;
-use invite_worker::{links, scheduler, store::GroupKey};
+use invite_worker::{
+    cli::{links, output},
+    store::GroupKey,
+    worker::scheduler,
+};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 
 use crate::{
-    helpers::{Db, TestEnv, group, revoke, rotate},
     on_both_databases,
+    support::{Db, TestEnv, group, revoke, rotate},
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -186,7 +190,7 @@ async fn external_reset_shows_in_the_history(db: Db) {
     let json = serde_json::to_value(&detail).unwrap();
     assert_eq!(json["history"][1]["outcome"], "external_change");
     assert_eq!(json["link"]["invite_code"], ev["invite_code"]);
-    let text = links::render_detail(&detail);
+    let text = output::link_detail(&detail);
     assert!(text.contains("external_change"));
     assert!(
         !text.contains(outside.as_str()),

@@ -11,8 +11,8 @@ use tokio::{io::AsyncReadExt, task::JoinHandle};
 use uuid::Uuid;
 
 use crate::{
-    helpers::SimulatorProcess,
-    helpers::{Db, EventTap, TestEnv, free_port, group, wait_until},
+    support::SimulatorProcess,
+    support::{Db, EventTap, TestEnv, free_port, group, wait_until},
 };
 
 const TOKEN: &str = "leaktok-4f9c1d7e2b";

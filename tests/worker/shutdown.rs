@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use entity::command;
-use invite_worker::{config::Secret, send::CommandSpec};
+use invite_worker::{config::Secret, domain::CommandSpec};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use uuid::Uuid;
 
 use crate::{
-    helpers::{Db, EventTap, SimulatorProcess, TestEnv, WorkerProcess, group, revoke, wait_until},
-    proxy::Proxy,
+    support::proxy::Proxy,
+    support::{Db, EventTap, SimulatorProcess, TestEnv, WorkerProcess, group, revoke, wait_until},
 };
 
 const TOKEN: &str = "shutdown-token-3f0d";

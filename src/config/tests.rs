@@ -1,0 +1,311 @@
+//! Loading, overriding, validating and dumping settings: every problem names its key.
+
+use super::*;
+use std::io::Write;
+
+fn load(toml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(toml.as_bytes()).unwrap();
+    let env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Settings::load_from(Some(f.path()), env)
+}
+
+#[test]
+fn defaults_load_with_simulator_backend() {
+    let s = load("", &[]).unwrap();
+    assert_eq!(s.default_backend, "sim");
+    assert_eq!(s.amqp.prefetch, 64);
+    assert_eq!(s.rotation.link_ttl, Duration::from_secs(7 * 86400));
+    let sim = &s.backends["sim"];
+    assert!(
+        !sim.read_before_reset,
+        "one request per revoke of a tracked group"
+    );
+    let s = load(
+        "[backends.x]\nkind = \"waha\"\nbase_url = \"http://h\"\ntoken = \"t\"\n",
+        &[],
+    );
+    assert!(!s.unwrap().backends["x"].read_before_reset);
+}
+
+#[test]
+fn durations_and_env_overrides_apply() {
+    let s = load(
+        "[rotation]\nlead = \"500ms\"\n[amqp]\nprefetch = 8\n",
+        &[
+            ("INVITE_WORKER__AMQP__PREFETCH", "16"),
+            ("INVITE_WORKER__ROTATION__LINK_TTL", "2d"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.rotation.lead, Duration::from_millis(500));
+    assert_eq!(s.amqp.prefetch, 16);
+    assert_eq!(s.rotation.link_ttl, Duration::from_secs(2 * 86400));
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let e = load("[amqp]\nprefech = 8\n", &[]).unwrap_err().to_string();
+    assert!(e.contains("prefech"), "{e}");
+}
+
+#[test]
+fn bad_duration_is_named() {
+    let e = load("[retry]\ninitial_delay = \"soon\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("retry.initial_delay"), "{e}");
+}
+
+#[test]
+fn values_the_worker_could_not_use_are_named() {
+    let long = "n".repeat(65);
+    for (toml, key) in [
+        ("[http]\nlisten = \"notanaddr\"\n", "http.listen"),
+        ("[http]\nlisten = \"127.0.0.1:99999\"\n", "http.listen"),
+        ("[rotation]\nlead = \"7d\"\n", "rotation.lead"),
+        (
+            "[rotation]\nlead = \"2d\"\nlink_ttl = \"1d\"\n",
+            "rotation.lead",
+        ),
+        (
+            &format!("[worker]\ninstance_id = \"{}\"\n", "i".repeat(129)),
+            "worker.instance_id",
+        ),
+        (
+            &format!("[amqp]\nname_prefix = \"{}\"\n", "p".repeat(129)),
+            "amqp.name_prefix",
+        ),
+        (
+            &format!("[backends.{long}]\nkind = \"simulator\"\n"),
+            &format!("backends.{long}"),
+        ),
+    ] {
+        let e = load(toml, &[]).unwrap_err().to_string();
+        assert!(e.contains(key), "{toml}: {e}");
+    }
+    let ok = "[http]\nlisten = \"\"\n[rotation]\nlead = \"1d\"\nlink_ttl = \"2d\"\n";
+    assert!(load(ok, &[]).is_ok());
+    let name = "n".repeat(64);
+    assert!(load(&format!("[backends.{name}]\nkind = \"simulator\"\n"), &[]).is_ok());
+}
+
+#[test]
+fn unknown_kind_is_named() {
+    let e = load("[backends.x]\nkind = \"telegram\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("backends.x.kind"), "{e}");
+}
+
+#[test]
+fn missing_secret_is_named() {
+    let e = load(
+        "[backends.acme]\nkind = \"wasend\"\nbase_url = \"https://a.example\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("backends.acme.token"), "{e}");
+    let e = load(
+        "[backends.acme]\nkind = \"wasend\"\nbase_url = \"https://a.example\"\ntoken_env = \"NOPE_TOKEN\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("backends.acme.token_env") && e.contains("NOPE_TOKEN"),
+        "{e}"
+    );
+}
+
+#[test]
+fn token_from_env_var_and_override() {
+    let s = load(
+        "[backends.acme]\nkind = \"waha\"\nbase_url = \"http://h\"\ntoken_env = \"ACME_T\"\n",
+        &[("ACME_T", "s3cret")],
+    )
+    .unwrap();
+    assert_eq!(s.backends["acme"].secret().unwrap().expose(), "s3cret");
+    let s = load(
+        "[backends.acme]\nkind = \"waha\"\nbase_url = \"http://h\"\n",
+        &[("INVITE_WORKER__BACKENDS__ACME__TOKEN", "t0k")],
+    )
+    .unwrap();
+    assert_eq!(s.backends["acme"].secret().unwrap().expose(), "t0k");
+}
+
+#[test]
+fn secrets_are_redacted_in_debug_and_dump() {
+    let s = load(
+        "[backends.acme]\nkind = \"waha\"\nbase_url = \"http://h\"\ntoken = \"hunter2\"\n",
+        &[],
+    )
+    .unwrap();
+    assert!(!format!("{s:?}").contains("hunter2"));
+    let dump = s.redacted_toml();
+    assert!(!dump.contains("hunter2"), "{dump}");
+    assert!(dump.contains("token = \"[redacted]\""), "{dump}");
+    // The dump is real TOML that reads back as settings.
+    let back: Settings = toml::from_str(&dump).expect(&dump);
+    assert_eq!(back.backends["acme"].kind(), BackendKind::Waha);
+    assert_eq!(back.rotation.lead, s.rotation.lead);
+    assert_eq!(
+        back.amqp.url.expose(),
+        "amqp://guest:[redacted]@127.0.0.1:5672/%2f"
+    );
+}
+
+#[test]
+fn connection_urls_lose_only_their_password() {
+    for (url, shown) in [
+        (
+            "postgres://u:p4ss@db:5432/iw",
+            "postgres://u:[redacted]@db:5432/iw",
+        ),
+        (
+            "postgres://u@db/iw?sslmode=require",
+            "postgres://u@db/iw?sslmode=require",
+        ),
+        (
+            "postgres://db/iw?user=u&password=p4ss",
+            "postgres://db/iw?[redacted]",
+        ),
+        ("amqps://u:p:4ss@mq/%2f", "amqps://u:[redacted]@mq/%2f"),
+        (
+            "sqlite://invite-worker.db?mode=rwc",
+            "sqlite://invite-worker.db?mode=rwc",
+        ),
+    ] {
+        assert_eq!(redact_url(url), shown);
+    }
+}
+
+#[test]
+fn rate_limits_parse() {
+    assert_eq!(RateLimit::parse("5/s").unwrap().count, 5);
+    assert_eq!(
+        RateLimit::parse("300/m").unwrap().period,
+        Duration::from_secs(60)
+    );
+    assert!(RateLimit::parse("5/h").is_err());
+    assert!(RateLimit::parse("0/s").is_err());
+}
+
+#[test]
+fn each_kind_takes_only_its_own_keys() {
+    let waha = "kind = \"waha\"\nbase_url = \"http://h\"\ntoken = \"t\"\n";
+    for (block, key) in [
+        (
+            format!("{waha}api_version = \"v23.0\"\n"),
+            "backends.x.api_version",
+        ),
+        (
+            format!("{waha}endpoints = \"invite-code\"\n"),
+            "backends.x.endpoints",
+        ),
+        (format!("{waha}latency = \"5ms\"\n"), "backends.x.latency"),
+        (
+            "kind = \"wasend\"\nbase_url = \"http://h\"\ntoken = \"t\"\nendpoints = \"x\"\n".into(),
+            "backends.x.endpoints",
+        ),
+        (
+            "kind = \"meta_cloud\"\ntoken = \"t\"\napi_version = \"23\"\n".into(),
+            "backends.x.api_version",
+        ),
+        (
+            "kind = \"simulator\"\ntoken = \"t\"\n".into(),
+            "backends.x.token",
+        ),
+        (
+            "kind = \"simulator\"\nbase_url = \"http://h\"\n".into(),
+            "backends.x.base_url",
+        ),
+        (
+            "kind = \"simulator\"\ntoken_env = \"T\"\n".into(),
+            "backends.x.token_env",
+        ),
+        (
+            "kind = \"simulator\"\nconnect_timeout = \"1s\"\n".into(),
+            "backends.x.connect_timeout",
+        ),
+    ] {
+        let e = load(&format!("[backends.x]\n{block}"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{block}: {e}");
+    }
+    let s = load(
+        "[backends.m]\nkind = \"meta_cloud\"\ntoken = \"t\"\napi_version = \"v21.0\"\n\
+         [backends.w]\nkind = \"wasend\"\nbase_url = \"http://h\"\ntoken = \"t\"\n\
+         endpoints = \"invite-code\"\n\
+         [backends.s]\nkind = \"simulator\"\nlatency = \"5ms\"\ntimeout = \"1s\"\n",
+        &[],
+    )
+    .unwrap();
+    assert!(matches!(
+        &s.backends["m"].provider,
+        Provider::MetaCloud { api_version: Some(v), .. } if v == "v21.0"
+    ));
+    assert!(matches!(
+        s.backends["w"].provider,
+        Provider::Wasend {
+            endpoints: Some(WasendEndpoints::InviteCode),
+            ..
+        }
+    ));
+    assert_eq!(s.backends["s"].latency(), Some(Duration::from_millis(5)));
+    assert_eq!(s.backends["s"].timeout, Duration::from_secs(1));
+}
+
+#[test]
+fn an_unknown_or_misplaced_key_is_named_from_the_file_or_the_environment() {
+    let waha = "[backends.acme]\nkind = \"waha\"\nbase_url = \"http://h\"\ntoken = \"t\"\n";
+    let e = load(&format!("{waha}colour = \"red\"\n"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("backends.acme") && e.contains("colour"), "{e}");
+    let e = load(waha, &[("INVITE_WORKER__BACKENDS__ACME__LATENCY", "5ms")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("backends.acme.latency"), "{e}");
+}
+
+#[test]
+fn the_dump_of_every_kind_reads_back_as_the_same_settings() {
+    let s = load(
+        "[backends.m]\nkind = \"meta_cloud\"\ntoken = \"t\"\napi_version = \"v21.0\"\n\
+         [backends.w]\nkind = \"wasend\"\nbase_url = \"http://h\"\ntoken = \"t\"\n\
+         endpoints = \"invite-code\"\nconnect_timeout = \"2s\"\n\
+         [backends.s]\nkind = \"simulator\"\nlatency = \"5ms\"\n",
+        &[],
+    )
+    .unwrap();
+    let dump = s.redacted_toml();
+    let back: Settings = toml::from_str(&dump).expect(&dump);
+    for name in ["m", "w", "s", "sim"] {
+        let (a, b) = (&s.backends[name], &back.backends[name]);
+        assert_eq!(a.kind(), b.kind(), "{name}");
+        assert_eq!(a.timeout, b.timeout, "{name}");
+        assert_eq!(
+            a.http().map(|h| (&h.base_url, h.connect_timeout)),
+            b.http().map(|h| (&h.base_url, h.connect_timeout)),
+            "{name}"
+        );
+    }
+    assert!(matches!(
+        back.backends["w"].provider,
+        Provider::Wasend {
+            endpoints: Some(WasendEndpoints::InviteCode),
+            ..
+        }
+    ));
+    assert_eq!(back.backends["s"].latency(), Some(Duration::from_millis(5)));
+    assert!(
+        !dump.contains("connect_timeout = \"5s\"\nlatency"),
+        "the simulator has no connect_timeout: {dump}"
+    );
+}

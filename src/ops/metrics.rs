@@ -1,0 +1,224 @@
+//! Prometheus metrics (all prefixed `invite_worker_`, base units, low-cardinality labels)
+//! and the process-wide exporter.
+
+use std::{sync::OnceLock, time::Duration};
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::domain::{BackendError, CommandType, ErrorKind, Link};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder once per process and returns the handle that renders it.
+pub(crate) fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ])
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("invite_worker_db_batch_size".into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+                    )
+                })
+                .ok()
+                .and_then(|b| b.install_recorder().ok())
+                .unwrap_or_else(|| PrometheusBuilder::new().build_recorder().handle());
+            describe();
+            gauge!("invite_worker_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            register_unlabelled();
+            handle
+        })
+        .clone()
+}
+
+/// Registers the series without labels at zero so that they exist (for dashboards and
+/// `absent()`-free alerts) before their first event. Adding 0 never resets a value.
+fn register_unlabelled() {
+    for name in [
+        "invite_worker_retries_scheduled_total",
+        "invite_worker_rate_limit_waits_total",
+        "invite_worker_duplicates_total",
+        "invite_worker_db_errors_total",
+        "invite_worker_events_published_total",
+        "invite_worker_acks_total",
+        "invite_worker_ack_frames_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    for name in [
+        "invite_worker_commands_in_flight",
+        "invite_worker_outbox_pending",
+        "invite_worker_outbox_oldest_age_seconds",
+    ] {
+        gauge!(name).increment(0.0);
+    }
+}
+
+fn describe() {
+    describe_counter!(
+        "invite_worker_commands_total",
+        "Commands settled, by type and outcome"
+    );
+    describe_histogram!(
+        "invite_worker_command_duration_seconds",
+        "Time from consume to settlement"
+    );
+    describe_counter!(
+        "invite_worker_backend_requests_total",
+        "Backend requests by backend, operation and result"
+    );
+    describe_histogram!(
+        "invite_worker_backend_request_duration_seconds",
+        "Backend request latency"
+    );
+    describe_counter!(
+        "invite_worker_retries_scheduled_total",
+        "Transient failures that scheduled a retry"
+    );
+    describe_counter!(
+        "invite_worker_rate_limit_waits_total",
+        "Backend requests that waited for the rate limiter"
+    );
+    describe_gauge!(
+        "invite_worker_rate_limit_share",
+        "Worker processes sharing rate_limit_per_session (each paces at 1/N); 0 while \
+         this one holds its requests"
+    );
+    describe_gauge!(
+        "invite_worker_commands_in_flight",
+        "Commands being processed"
+    );
+    describe_gauge!(
+        "invite_worker_outbox_pending",
+        "Outbox rows not yet published"
+    );
+    describe_gauge!(
+        "invite_worker_outbox_oldest_age_seconds",
+        "Age of the oldest unpublished outbox row"
+    );
+    describe_counter!(
+        "invite_worker_dead_lettered_total",
+        "Commands sent to the dead-letter queue, by error kind"
+    );
+    describe_gauge!(
+        "invite_worker_links_due",
+        "Tracked links due for rotation at the last scan"
+    );
+    describe_counter!(
+        "invite_worker_duplicates_total",
+        "Deliveries of already completed commands"
+    );
+    describe_counter!("invite_worker_db_errors_total", "Database errors (retried)");
+    describe_histogram!(
+        "invite_worker_db_batch_size",
+        "Requests of concurrent commands executed together, by statement"
+    );
+    describe_histogram!(
+        "invite_worker_db_batch_duration_seconds",
+        "Time to execute one batch of requests, by statement"
+    );
+    describe_counter!(
+        "invite_worker_events_published_total",
+        "Outbox messages confirmed by the broker"
+    );
+    describe_counter!(
+        "invite_worker_acks_total",
+        "Command deliveries acknowledged"
+    );
+    describe_counter!(
+        "invite_worker_ack_frames_total",
+        "basic.ack frames sent for them (one multiple ack covers a run of deliveries)"
+    );
+}
+
+pub(crate) fn command_outcome(kind: Option<CommandType>, outcome: &'static str) {
+    let t = kind.map_or("invalid", |k| k.as_str());
+    counter!("invite_worker_commands_total", "type" => t, "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn command_duration(kind: CommandType, d: Duration) {
+    histogram!("invite_worker_command_duration_seconds", "type" => kind.as_str())
+        .record(d.as_secs_f64());
+}
+
+pub(crate) fn backend_request(
+    backend: &str,
+    op: &'static str,
+    result: &Result<Link, BackendError>,
+) {
+    let label = match result {
+        Ok(_) => "ok",
+        Err(e) => e.kind.as_str(),
+    };
+    counter!("invite_worker_backend_requests_total", "backend" => backend.to_owned(), "operation" => op, "result" => label)
+        .increment(1);
+}
+
+pub(crate) fn backend_duration(backend: &str, op: &'static str, d: Duration) {
+    histogram!("invite_worker_backend_request_duration_seconds", "backend" => backend.to_owned(), "operation" => op)
+        .record(d.as_secs_f64());
+}
+
+/// How many requests one batched statement served, and how long it took.
+pub(crate) fn batch(statement: &'static str, n: usize, took: Duration) {
+    histogram!("invite_worker_db_batch_size", "statement" => statement).record(n as f64);
+    histogram!("invite_worker_db_batch_duration_seconds", "statement" => statement)
+        .record(took.as_secs_f64());
+}
+
+/// Time spent in one step of a command (database operations, lane waits), for profiling.
+pub(crate) fn stage(step: &'static str, d: Duration) {
+    histogram!("invite_worker_command_step_duration_seconds", "step" => step)
+        .record(d.as_secs_f64());
+}
+
+pub(crate) fn retry_scheduled() {
+    counter!("invite_worker_retries_scheduled_total").increment(1);
+}
+
+pub(crate) fn rate_limit_wait() {
+    counter!("invite_worker_rate_limit_waits_total").increment(1);
+}
+
+pub(crate) fn rate_limit_share(n: u32) {
+    gauge!("invite_worker_rate_limit_share").set(n as f64);
+}
+
+pub(crate) fn in_flight(delta: f64) {
+    gauge!("invite_worker_commands_in_flight").increment(delta);
+}
+
+pub(crate) fn outbox(pending: u64, oldest_age: Duration) {
+    gauge!("invite_worker_outbox_pending").set(pending as f64);
+    gauge!("invite_worker_outbox_oldest_age_seconds").set(oldest_age.as_secs_f64());
+}
+
+pub(crate) fn events_published(n: usize) {
+    counter!("invite_worker_events_published_total").increment(n as u64);
+}
+
+/// One acker round: `frames` basic.ack frames for `deliveries` deliveries.
+pub(crate) fn ack_frames(frames: usize, deliveries: usize) {
+    counter!("invite_worker_ack_frames_total").increment(frames as u64);
+    counter!("invite_worker_acks_total").increment(deliveries as u64);
+}
+
+pub(crate) fn dead_lettered(kind: ErrorKind) {
+    counter!("invite_worker_dead_lettered_total", "kind" => kind.as_str()).increment(1);
+}
+
+pub(crate) fn links_due(n: u64) {
+    gauge!("invite_worker_links_due").set(n as f64);
+}
+
+pub(crate) fn duplicate() {
+    counter!("invite_worker_duplicates_total").increment(1);
+}
+
+pub(crate) fn db_error() {
+    counter!("invite_worker_db_errors_total").increment(1);
+}

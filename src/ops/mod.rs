@@ -1,0 +1,7 @@
+//! Operating the process: health and metrics endpoints, the Prometheus metrics, logging
+//! setup and the test-only crash points.
+
+pub mod failpoint;
+pub mod health;
+pub(crate) mod metrics;
+pub mod telemetry;

@@ -1,0 +1,270 @@
+//! One command's path: decode → command row → lane and lease → execute against the
+//! backend (rate-limited, retried) → one transaction for outcome, link, history and
+//! outbox. The caller acks only after this returns a disposition.
+//!
+//! [`run`] takes a command up to its group lease, [`execute`] runs it under the lease,
+//! [`finish`] commits its outcome; [`reject`] settles a message that is no command.
+
+mod execute;
+mod finish;
+mod reject;
+mod run;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::{
+    lanes::{Lanes, Lease},
+    pacing::{Pacer, Ticket},
+    retry::{RetryPolicy, infra_backoff},
+};
+use crate::{
+    backend::SharedBackend,
+    broker::Topology,
+    config::{BackendSettings, Settings},
+    domain::{BackendError, BackendResolver, Command, ErrorKind, GroupIdStyle, Link, command},
+    ops::metrics as m,
+    store::{self, Store, StoreError},
+};
+
+/// A configured backend and the pacer of its sessions' requests.
+pub(super) struct BackendEntry {
+    pub backend: SharedBackend,
+    pub pacer: Pacer,
+    /// `backends.<name>.read_before_reset`.
+    pub read_before_reset: bool,
+}
+
+impl BackendEntry {
+    /// `share`: how many worker processes share the backend's rate limit (see
+    /// [`super::replicas`]).
+    pub(super) fn new(
+        backend: SharedBackend,
+        settings: &BackendSettings,
+        share: tokio::sync::watch::Receiver<u32>,
+    ) -> Self {
+        Self {
+            backend,
+            pacer: Pacer::shared(settings.rate_limit(), share),
+            read_before_reset: settings.read_before_reset,
+        }
+    }
+
+    /// Runs one backend request at the slot of `ticket`, with metrics.
+    async fn call(
+        &self,
+        cmd: &Command,
+        op: &'static str,
+        ticket: Ticket,
+        request: impl Future<Output = Result<Link, BackendError>>,
+    ) -> Result<Link, BackendError> {
+        if !self
+            .pacer
+            .wait(cmd.session.as_str(), ticket)
+            .await
+            .is_zero()
+        {
+            m::rate_limit_wait();
+        }
+        let started = std::time::Instant::now();
+        let result = request.await;
+        m::backend_duration(&cmd.backend, op, started.elapsed());
+        m::backend_request(&cmd.backend, op, &result);
+        result
+    }
+}
+
+/// What the consumer does with the delivery after [`Pipeline::process`].
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Disposition {
+    /// The outcome is committed (or the message was a duplicate): ack.
+    Ack,
+    /// The command cannot be stored: publish it to the dead-letter queue with this
+    /// reason, then ack.
+    DeadLetter(String),
+    /// Publish a copy to the retry queue of this delay, then ack.
+    Park(Duration),
+}
+
+/// The worker was asked to stop before the command could be settled; do not ack.
+#[derive(Debug)]
+pub(super) struct Interrupted;
+
+/// Why a command could not be settled normally.
+#[derive(Debug)]
+enum Unsettled {
+    Interrupted,
+    /// The database keeps rejecting this command's statements (not a connection, lock
+    /// or serialization problem): retrying will not help, so it goes to the dead-letter
+    /// queue.
+    Poison(String),
+}
+
+/// Database errors of a kind that retrying cannot cure (see [`StoreError::is_transient`])
+/// are retried this often before the command is dead-lettered; the others for as long as
+/// it takes.
+const POISON_AFTER: u32 = 5;
+
+/// A command's delivery as its copies keep it: the body, and the headers of its origin
+/// ([`crate::domain::events::origin_headers`]).
+#[derive(Clone, Copy)]
+struct Received<'a> {
+    body: &'a [u8],
+    origin: &'a [(String, String)],
+}
+
+/// One command under its group lease.
+struct Ctx<'a> {
+    cmd: &'a Command,
+    body: &'a [u8],
+    origin: &'a [(String, String)],
+    started_at: chrono::DateTime<Utc>,
+    link: Option<entity::link::Model>,
+    lease: &'a Lease,
+}
+
+/// The answer for a command another delivery completed while this one ran: ack the
+/// duplicate, write nothing.
+fn completed_elsewhere() -> Disposition {
+    debug!("command was completed elsewhere meanwhile");
+    m::duplicate();
+    Disposition::Ack
+}
+
+/// Everything commands need, shared by all in-flight commands of a process.
+pub(super) struct Pipeline {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    /// Batched statements shared by concurrent commands, group commit included.
+    pub db: store::Batches,
+    pub topology: Topology,
+    pub backends: HashMap<String, BackendEntry>,
+    pub lanes: Lanes,
+    pub retry: RetryPolicy,
+    pub instance_id: String,
+    pub relay_wakeup: Arc<tokio::sync::Notify>,
+    /// Cancelled when in-flight work must give up (after the shutdown grace).
+    pub abort: CancellationToken,
+}
+
+impl BackendResolver for Pipeline {
+    fn default_backend(&self) -> &str {
+        &self.settings.default_backend
+    }
+
+    fn group_style(&self, backend: &str) -> Option<GroupIdStyle> {
+        self.backends
+            .get(backend)
+            .map(|b| b.backend.kind().group_style())
+    }
+}
+
+impl Pipeline {
+    /// Retries a database operation with backoff until it succeeds or the worker aborts.
+    async fn persist<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, Unsettled>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let started = std::time::Instant::now();
+        let mut backoff = infra_backoff();
+        let mut rejected = 0;
+        loop {
+            match op().await {
+                Ok(v) => {
+                    m::stage(what, started.elapsed());
+                    return Ok(v);
+                }
+                Err(e) => {
+                    if !e.is_transient() {
+                        rejected += 1;
+                        if rejected >= POISON_AFTER {
+                            return Err(Unsettled::Poison(format!(
+                                "database rejected {what}: {e}"
+                            )));
+                        }
+                    }
+                    m::db_error();
+                    let wait = backoff.next().unwrap_or(Duration::from_secs(5));
+                    warn!(error = %e, ?wait, "database error while {what}; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.abort.cancelled() => return Err(Unsettled::Interrupted),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A backend request that gives way when in-flight work must stop (after the
+    /// shutdown grace). A reset cut off here is safe: its `executing` row is committed.
+    async fn backend_call(
+        &self,
+        entry: &BackendEntry,
+        cmd: &Command,
+        op: &'static str,
+        ticket: Ticket,
+        request: impl Future<Output = Result<Link, BackendError>>,
+    ) -> Result<Result<Link, BackendError>, Unsettled> {
+        tokio::select! {
+            r = entry.call(cmd, op, ticket, request) => Ok(r),
+            _ = self.abort.cancelled() => Err(Unsettled::Interrupted),
+        }
+    }
+
+    fn rate_park(&self, backlog: Duration) -> Disposition {
+        debug!(
+            ?backlog,
+            "session is at its rate limit; parking the command"
+        );
+        m::rate_limit_wait();
+        Disposition::Park(backlog)
+    }
+
+    /// Settles one message body.
+    /// `origin`: the delivery's headers a dead-lettered copy keeps
+    /// ([`crate::domain::events::origin_headers`]).
+    pub(super) async fn process(
+        &self,
+        body: &[u8],
+        origin: &[(String, String)],
+    ) -> Result<Disposition, Interrupted> {
+        match self.process_inner(body, origin).await {
+            Ok(d) => Ok(d),
+            Err(Unsettled::Interrupted) => Err(Interrupted),
+            Err(Unsettled::Poison(reason)) => {
+                tracing::error!(%reason, "cannot store the command; dead-lettering it");
+                m::dead_lettered(ErrorKind::BackendProtocol);
+                Ok(Disposition::DeadLetter(format!("internal_error: {reason}")))
+            }
+        }
+    }
+
+    async fn process_inner(
+        &self,
+        body: &[u8],
+        origin: &[(String, String)],
+    ) -> Result<Disposition, Unsettled> {
+        match command::parse(body, self) {
+            Err(rejection) => self.reject(&rejection, body, origin).await,
+            Ok(cmd) => {
+                let span = info_span!(
+                    "command",
+                    command_id = %cmd.id,
+                    r#type = cmd.kind.as_str(),
+                    backend = %cmd.backend,
+                    session = %cmd.session,
+                    group = %cmd.group,
+                    attempt = tracing::field::Empty,
+                );
+                let started = std::time::Instant::now();
+                let result = self.run(&cmd, body, origin).instrument(span).await;
+                m::command_duration(cmd.kind, started.elapsed());
+                result
+            }
+        }
+    }
+}

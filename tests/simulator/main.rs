@@ -1,0 +1,9 @@
+//! The simulator's HTTP server driven over the network with reqwest: every provider's
+//! dialect for success, auth and refusals, injected faults and hangs, the control API and
+//! graceful shutdown. Each test runs its own server on 127.0.0.1:0.
+
+mod control;
+mod dialects;
+mod faults;
+mod refusals;
+mod support;

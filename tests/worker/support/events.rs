@@ -1,0 +1,230 @@
+//! The broker side of a test: publishing commands (through `send`'s code path, or raw
+//! bytes), a tap on every event, and draining the dead-letter queue.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use futures::StreamExt;
+use invite_worker::{broker, cli::send, config::QueueType, domain::CommandSpec};
+use lapin::{
+    BasicProperties, Connection,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+        QueueBindOptions, QueueDeclareOptions,
+    },
+    types::FieldTable,
+};
+use serde_json::Value;
+use tokio::{sync::mpsc, task::JoinHandle};
+use uuid::Uuid;
+
+use super::TestEnv;
+
+impl TestEnv {
+    /// Publishes commands through the same code path as `invite-worker send`.
+    pub(crate) async fn send(&self, specs: &[CommandSpec]) -> Vec<Uuid> {
+        send::publish(&self.settings, specs).await.expect("send")
+    }
+
+    /// Publishes raw bytes to the commands exchange.
+    pub(crate) async fn publish_raw(&self, body: &[u8]) {
+        self.publish_raw_with(body, "command.revoke_invite", FieldTable::default())
+            .await;
+    }
+
+    /// [`TestEnv::publish_raw`] with a routing key and headers of its own.
+    pub(crate) async fn publish_raw_with(
+        &self,
+        body: &[u8],
+        routing_key: &str,
+        headers: FieldTable,
+    ) {
+        let (conn, ch) = self.channel().await;
+        ch.confirm_select(Default::default())
+            .await
+            .expect("confirms");
+        ch.basic_publish(
+            self.topology.commands_exchange().as_str().into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+        let _ = conn.close(200, "OK".into()).await;
+    }
+
+    /// A queue bound to every event; call before the events are produced.
+    pub(crate) async fn tap_events(&self) -> EventTap {
+        let (conn, ch) = self.channel().await;
+        broker::declare(&ch, &self.topology, QueueType::Classic)
+            .await
+            .expect("declare");
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("tap queue");
+        ch.queue_bind(
+            q.name().clone(),
+            self.topology.events_exchange().as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+        let mut consumer = ch
+            .basic_consume(
+                q.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                let body: Value = serde_json::from_slice(&d.data).unwrap_or(Value::Null);
+                let props = EventProps {
+                    message_id: d.properties.message_id().as_ref().map(|s| s.to_string()),
+                    kind: d.properties.kind().as_ref().map(|s| s.to_string()),
+                    correlation_id: d
+                        .properties
+                        .correlation_id()
+                        .as_ref()
+                        .map(|s| s.to_string()),
+                    persistent: *d.properties.delivery_mode() == Some(2),
+                    routing_key: d.routing_key.to_string(),
+                };
+                if tx.send((props, body)).is_err() {
+                    break;
+                }
+            }
+        });
+        EventTap {
+            rx,
+            _conn: conn,
+            task,
+        }
+    }
+
+    /// Drains the dead-letter queue: (body, x-invite-error header).
+    pub(crate) async fn dead_letters(&self) -> Vec<(Vec<u8>, String)> {
+        self.dead_letters_with_headers()
+            .await
+            .into_iter()
+            .map(|(body, mut headers)| (body, headers.remove("x-invite-error").unwrap_or_default()))
+            .collect()
+    }
+
+    /// Drains the dead-letter queue: (body, headers with text values).
+    pub(crate) async fn dead_letters_with_headers(
+        &self,
+    ) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
+        let (conn, ch) = self.channel().await;
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get(
+                self.topology.dead_queue().as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await
+            .expect("basic_get")
+        {
+            let headers = broker::text_headers(&m.delivery.properties)
+                .into_iter()
+                .collect();
+            m.delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
+            out.push((m.delivery.data.clone(), headers));
+        }
+        let _ = conn.close(200, "OK".into()).await;
+        out
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct EventProps {
+    pub message_id: Option<String>,
+    pub kind: Option<String>,
+    pub correlation_id: Option<String>,
+    pub persistent: bool,
+    pub routing_key: String,
+}
+
+pub(crate) struct EventTap {
+    rx: mpsc::UnboundedReceiver<(EventProps, Value)>,
+    _conn: Connection,
+    task: JoinHandle<()>,
+}
+
+impl Drop for EventTap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EventTap {
+    /// The next `n` events, failing the test if they do not arrive within `within`.
+    pub(crate) async fn take(&mut self, n: usize, within: Duration) -> Vec<(EventProps, Value)> {
+        let mut out = Vec::with_capacity(n);
+        let deadline = tokio::time::Instant::now() + within;
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(e)) => out.push(e),
+                _ => panic!(
+                    "expected {n} events within {within:?}, got {}: {out:#?}",
+                    out.len()
+                ),
+            }
+        }
+        out
+    }
+
+    /// Events until one for `command_id` arrives (inclusive).
+    pub(crate) async fn until_command(
+        &mut self,
+        command_id: Uuid,
+        within: Duration,
+    ) -> Vec<(EventProps, Value)> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(e)) => {
+                    let done = e.1["command_id"] == command_id.to_string();
+                    out.push(e);
+                    if done {
+                        return out;
+                    }
+                }
+                _ => panic!("no event for {command_id} within {within:?}; saw {out:#?}"),
+            }
+        }
+    }
+
+    /// Events already delivered, without waiting.
+    pub(crate) fn drain_now(&mut self) -> Vec<(EventProps, Value)> {
+        let mut out = Vec::new();
+        while let Ok(e) = self.rx.try_recv() {
+            out.push(e);
+        }
+        out
+    }
+}
