@@ -3,7 +3,7 @@
 //! reaches the worker's commands queue as a valid command with the documented
 //! properties. Everything is declared under a name prefix of its own and deleted after.
 
-#[allow(dead_code)]
+#[allow(dead_code, unreachable_pub)]
 #[path = "../../examples/publish_command.rs"]
 mod publish_command;
 
