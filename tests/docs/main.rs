@@ -1,7 +1,10 @@
 //! The documents hold together: every relative link in `README.md` and `docs/**/*.md`
 //! resolves to a file or directory of the repository, and every `#anchor` to a heading of
 //! its target (GitHub's slugs); nothing points outside the repository; the publishers the
-//! README shows are the examples' code, verbatim.
+//! README shows are the examples' code, verbatim; the repository paths and the tests the
+//! documents cite exist ([`citations`]).
+
+mod citations;
 
 use std::{
     collections::HashMap,
@@ -13,25 +16,29 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `README.md` and every Markdown file under `docs/`, sorted.
-fn documents(root: &Path) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "md") {
-                out.push(path);
-            }
+/// Every file under `dir`, at any depth, sorted; none when `dir` cannot be read.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let entries = fs::read_dir(dir).into_iter().flatten().flatten();
+    let mut out = Vec::new();
+    for path in entries.map(|e| e.path()) {
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
         }
     }
-    let mut out = vec![root.join("README.md")];
-    walk(&root.join("docs"), &mut out);
     out.sort();
     out
+}
+
+/// `README.md` and every Markdown file under `docs/`, sorted.
+fn documents(root: &Path) -> Vec<PathBuf> {
+    let markdown = files(&root.join("docs"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "md"));
+    std::iter::once(root.join("README.md"))
+        .chain(markdown)
+        .collect()
 }
 
 /// The lines outside fenced code blocks, with their 1-based numbers.
@@ -51,6 +58,36 @@ fn prose_lines(text: &str) -> Vec<(usize, &str)> {
     out
 }
 
+/// The code span opening with the backticks at `chars[i]`: the length of that run of
+/// backticks and where the closing run of the same length starts (`None`: never closed).
+fn code_span(chars: &[char], i: usize) -> (usize, Option<usize>) {
+    let run = |j: usize| chars[j..].iter().take_while(|c| **c == '`').count();
+    let ticks = run(i);
+    let close = (i + ticks..chars.len()).find(|&j| run(j) == ticks && chars[j - 1] != '`');
+    (ticks, close)
+}
+
+/// The contents of the code spans on one line, trimmed.
+fn code_spans(line: &str) -> Vec<String> {
+    let chars: Vec<char> = line.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '\\' => i += 2,
+            '`' => {
+                let (ticks, close) = code_span(&chars, i);
+                let Some(j) = close else { break };
+                let text: String = chars[i + ticks..j].iter().collect();
+                out.push(text.trim().to_owned());
+                i = j + ticks;
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
 /// The targets of the inline links and images on one line; code spans are skipped.
 fn link_targets(line: &str) -> Vec<String> {
     let chars: Vec<char> = line.chars().collect();
@@ -60,11 +97,7 @@ fn link_targets(line: &str) -> Vec<String> {
         match chars[i] {
             '\\' => i += 2,
             '`' => {
-                let ticks = chars[i..].iter().take_while(|c| **c == '`').count();
-                let close = (i + ticks..chars.len()).find(|&j| {
-                    chars[j..].iter().take_while(|c| **c == '`').count() == ticks
-                        && (j == 0 || chars[j - 1] != '`')
-                });
+                let (ticks, close) = code_span(&chars, i);
                 i = close.map_or(chars.len(), |j| j + ticks);
             }
             '[' => {
@@ -393,20 +426,7 @@ fn nothing_in_the_repository_points_to_documents_outside_it() {
         "STYLE.md",
     ];
     let this_file = root.join("tests/docs/main.rs");
-    let mut files = vec![root.join("README.md"), root.join("Cargo.toml")];
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else {
-                out.push(path);
-            }
-        }
-    }
+    let mut all = vec![root.join("README.md"), root.join("Cargo.toml")];
     for dir in [
         "docs",
         "src",
@@ -419,10 +439,10 @@ fn nothing_in_the_repository_points_to_documents_outside_it() {
         "fuzz/fuzz_targets",
         ".ci",
     ] {
-        walk(&root.join(dir), &mut files);
+        all.extend(files(&root.join(dir)));
     }
     let mut found = Vec::new();
-    for file in files.iter().filter(|f| **f != this_file) {
+    for file in all.iter().filter(|f| **f != this_file) {
         let Ok(text) = fs::read_to_string(file) else {
             continue;
         };
