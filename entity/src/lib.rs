@@ -2,8 +2,10 @@
 //! crate's `store` module; this crate only describes rows.
 
 pub mod command;
+pub mod deferred_command;
 pub mod group_lease;
 pub mod history;
 pub mod link;
 pub mod outbox;
+pub mod session_slot;
 pub mod worker_heartbeat;

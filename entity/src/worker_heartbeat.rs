@@ -1,5 +1,5 @@
-//! Heartbeats of the worker processes sharing a database, so that they can share each
-//! backend's `rate_limit_per_session` (each paces a session at 1/N of it).
+//! Heartbeats of the worker processes sharing a database: which replicas are alive
+//! (`/metrics` counts them).
 
 use sea_orm::entity::prelude::*;
 

@@ -10,4 +10,4 @@ mod topology;
 pub use connection::Broker;
 pub use publisher::{PublishError, Publisher, properties, text_headers};
 pub use relay::{Relay, RelayError};
-pub use topology::{RETRY_TIERS, Topology, declare, retry_tier};
+pub use topology::{Topology, declare};

@@ -1,7 +1,6 @@
 //! Exchange and queue names (docs/contract.md §2), all under an optional deployment
-//! prefix, the retry delay tiers, and their declaration.
-
-use std::time::Duration;
+//! prefix, and their declaration. Commands that must wait do so in the database, not in
+//! broker delay queues (see `worker::release`).
 
 use lapin::{
     Channel, ExchangeKind,
@@ -10,9 +9,6 @@ use lapin::{
 };
 
 use crate::config::QueueType;
-
-/// Delay tiers of the retry queues, in seconds.
-pub const RETRY_TIERS: [u64; 9] = [1, 2, 5, 10, 30, 60, 120, 300, 900];
 
 /// Exchange and queue names, all under an optional deployment prefix.
 #[derive(Clone, Debug)]
@@ -47,30 +43,14 @@ impl Topology {
         self.name("invite_link.events")
     }
 
-    pub fn retry_queue(&self, tier_secs: u64) -> String {
-        self.name(&format!("invite_link.retry.{tier_secs}s"))
-    }
-
     /// Every queue this topology declares (for clean-up in tests and tools).
     pub fn queues(&self) -> Vec<String> {
-        let mut q = vec![self.commands_queue(), self.dead_queue()];
-        q.extend(RETRY_TIERS.iter().map(|t| self.retry_queue(*t)));
-        q
+        vec![self.commands_queue(), self.dead_queue()]
     }
 
     pub fn exchanges(&self) -> Vec<String> {
         vec![self.commands_exchange(), self.events_exchange()]
     }
-}
-
-/// The smallest retry tier not shorter than `delay` (the longest tier at most).
-pub fn retry_tier(delay: Duration) -> u64 {
-    let secs = delay.as_secs_f64();
-    RETRY_TIERS
-        .iter()
-        .copied()
-        .find(|t| *t as f64 >= secs)
-        .unwrap_or(RETRY_TIERS[RETRY_TIERS.len() - 1])
 }
 
 /// A header or argument value as AMQP text.
@@ -117,20 +97,6 @@ pub async fn declare(ch: &Channel, topo: &Topology, queue_type: QueueType) -> la
         FieldTable::default(),
     )
     .await?;
-    for tier in RETRY_TIERS {
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt((tier * 1000) as i64),
-        );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            text(&topo.commands_exchange()),
-        );
-        args.insert("x-dead-letter-routing-key".into(), text("command.retry"));
-        ch.queue_declare(topo.retry_queue(tier).as_str().into(), durable, args)
-            .await?;
-    }
     Ok(())
 }
 
@@ -139,18 +105,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_tier_is_smallest_not_shorter() {
-        assert_eq!(retry_tier(Duration::from_millis(100)), 1);
-        assert_eq!(retry_tier(Duration::from_secs(2)), 2);
-        assert_eq!(retry_tier(Duration::from_millis(2100)), 5);
-        assert_eq!(retry_tier(Duration::from_secs(3600)), 900);
-    }
-
-    #[test]
     fn names_carry_the_prefix() {
         let t = Topology::new("t1.");
         assert_eq!(t.commands_queue(), "t1.invite_link.commands");
-        assert_eq!(t.retry_queue(5), "t1.invite_link.retry.5s");
         assert!(t.queues().iter().all(|q| q.starts_with("t1.invite_link.")));
     }
 }

@@ -75,6 +75,10 @@ pub struct RotationSettings {
     #[serde(with = "humantime_serde")]
     pub scan_interval: Duration,
     pub enabled: bool,
+    /// The part of each session's rate limit rotations may use, in (0, 1]: the rest is
+    /// kept for revokes.
+    #[serde(deserialize_with = "number_or_text")]
+    pub rate_share: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -153,6 +157,7 @@ impl Default for RotationSettings {
             lead: Duration::from_secs(24 * 3600),
             scan_interval: Duration::from_secs(60),
             enabled: true,
+            rate_share: 0.5,
         }
     }
 }
@@ -328,6 +333,9 @@ impl Settings {
         if self.rotation.scan_interval.is_zero() {
             return err("rotation.scan_interval", "must be > 0");
         }
+        if !(self.rotation.rate_share > 0.0 && self.rotation.rate_share <= 1.0) {
+            return err("rotation.rate_share", "must be more than 0 and at most 1");
+        }
         if self.rotation.link_ttl.is_zero() {
             return err("rotation.link_ttl", "must be > 0");
         }
@@ -429,6 +437,23 @@ fn parse_env_value(v: &str) -> figment::value::Value {
         return Value::from(i);
     }
     Value::from(v.to_owned())
+}
+
+/// A number written as one, or as text (environment overrides arrive as text).
+fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(f64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::S(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a number"))),
+    }
 }
 
 fn describe(e: figment::Error) -> String {

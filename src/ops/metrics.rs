@@ -46,6 +46,7 @@ fn register_unlabelled() {
         "invite_worker_events_published_total",
         "invite_worker_acks_total",
         "invite_worker_ack_frames_total",
+        "invite_worker_commands_released_total",
     ] {
         counter!(name).increment(0);
     }
@@ -53,6 +54,7 @@ fn register_unlabelled() {
         "invite_worker_commands_in_flight",
         "invite_worker_outbox_pending",
         "invite_worker_outbox_oldest_age_seconds",
+        "invite_worker_deferred_commands",
     ] {
         gauge!(name).increment(0.0);
     }
@@ -83,10 +85,22 @@ fn describe() {
         "invite_worker_rate_limit_waits_total",
         "Backend requests that waited for the rate limiter"
     );
+    describe_counter!(
+        "invite_worker_commands_deferred_total",
+        "Commands put to wait in the database (session at its rate limit, backoff, \
+         Retry-After, group busy), by type"
+    );
+    describe_counter!(
+        "invite_worker_commands_released_total",
+        "Deferred commands claimed by this process when due"
+    );
     describe_gauge!(
-        "invite_worker_rate_limit_share",
-        "Worker processes sharing rate_limit_per_session (each paces at 1/N); 0 while \
-         this one holds its requests"
+        "invite_worker_deferred_commands",
+        "Commands waiting in the database (all processes)"
+    );
+    describe_gauge!(
+        "invite_worker_live_replicas",
+        "Worker processes with a recent heartbeat on the database (PostgreSQL)"
     );
     describe_gauge!(
         "invite_worker_commands_in_flight",
@@ -184,8 +198,20 @@ pub(crate) fn rate_limit_wait() {
     counter!("invite_worker_rate_limit_waits_total").increment(1);
 }
 
-pub(crate) fn rate_limit_share(n: u32) {
-    gauge!("invite_worker_rate_limit_share").set(n as f64);
+pub(crate) fn deferred(kind: CommandType) {
+    counter!("invite_worker_commands_deferred_total", "type" => kind.as_str()).increment(1);
+}
+
+pub(crate) fn released() {
+    counter!("invite_worker_commands_released_total").increment(1);
+}
+
+pub(crate) fn deferred_waiting(n: u64) {
+    gauge!("invite_worker_deferred_commands").set(n as f64);
+}
+
+pub(crate) fn live_replicas(n: u32) {
+    gauge!("invite_worker_live_replicas").set(f64::from(n));
 }
 
 pub(crate) fn in_flight(delta: f64) {

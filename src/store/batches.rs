@@ -6,10 +6,13 @@ use std::{sync::Arc, time::Duration};
 
 use entity::link;
 
-use super::{Attempt, Begin, Begun, Completion, FirstAttempt, GroupKey, Store, batch::Batcher};
+use super::{
+    Attempt, Begin, Begun, Completion, Deferral, FirstAttempt, GroupKey, Store, batch::Batcher,
+};
 
 /// The statements concurrent commands share (see [`Batcher`]): the receipt with the
-/// group lease, lease retries, the link read, the attempt marker and the outcome commit.
+/// group lease, lease retries, the link read, the attempt marker, the outcome commit and
+/// deferrals.
 /// A batch never holds two requests of one group (the in-process lane admits one command
 /// per group and the group lease is held until the outcome commits), so concurrent
 /// batches touch disjoint rows.
@@ -25,6 +28,8 @@ pub struct Batches {
     /// Group commit: outcomes submitted while one batch commits are committed together
     /// in the next transaction, so concurrent commands share one wait for the disk.
     pub commits: Batcher<Arc<Completion>, bool>,
+    /// Commands put to wait in the database (see [`Store::defer_many`]).
+    pub deferrals: Batcher<Deferral, ()>,
 }
 
 const MAX_BATCH: usize = 128;
@@ -82,6 +87,16 @@ impl Batches {
                 }
             })
         };
+        let deferrals = {
+            let (store, owner) = (store.clone(), Arc::<str>::from(owner));
+            Batcher::start("defer", 1, MAX_BATCH, move |rows: Arc<[Deferral]>| {
+                let (store, owner) = (store.clone(), owner.clone());
+                async move {
+                    store.defer_many(&rows, &owner).await?;
+                    Ok(vec![(); rows.len()])
+                }
+            })
+        };
         Self {
             begin,
             leases,
@@ -89,6 +104,7 @@ impl Batches {
             attempts,
             first_attempts,
             commits,
+            deferrals,
         }
     }
 }

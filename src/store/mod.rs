@@ -8,6 +8,7 @@ mod batch;
 mod batches;
 mod commands;
 mod commit;
+mod deferred;
 mod error;
 mod leases;
 mod links;
@@ -28,6 +29,7 @@ pub use batch::Batcher;
 pub use batches::Batches;
 pub use commands::{Attempt, FirstAttempt};
 pub use commit::{Completion, Outcome};
+pub use deferred::{Deferral, SlotRequest, origin_of};
 pub use error::{DbErrorKind, StoreError};
 pub use leases::RELEASED;
 pub use outbox::OutboxBatch;
@@ -204,6 +206,12 @@ impl Store {
 
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
+    }
+
+    /// Whether several worker processes can share this database (PostgreSQL): they then
+    /// share rate limits through it. SQLite serves one process.
+    pub fn serves_replicas(&self) -> bool {
+        self.dialect == Dialect::Postgres
     }
 
     /// Applies pending migrations. On PostgreSQL under a transaction-scoped advisory lock,

@@ -1,6 +1,7 @@
 //! The consume loop and the handling of one delivery: commands are taken with manual
-//! acks (prefetch-bounded concurrency), processed, moved to a retry or dead-letter queue
-//! when the pipeline says so, and acknowledged only after their outcome is settled.
+//! acks (prefetch-bounded concurrency), processed, moved to the dead-letter queue when
+//! the pipeline says so, and acknowledged only after their outcome (or their deferral)
+//! is committed.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -24,7 +25,7 @@ use super::{
     retry::infra_backoff,
 };
 use crate::{
-    broker::{Publisher, retry_tier, text_headers},
+    broker::{Publisher, text_headers},
     domain::events::{self, OutboxMessage},
     ops::metrics as m,
 };
@@ -143,7 +144,7 @@ impl Worker {
     }
 }
 
-/// The delivery's text headers and routing key, as its parked or dead-lettered copies
+/// The delivery's text headers and routing key, as its deferred or dead-lettered copies
 /// keep them (see [`events::origin_headers`]).
 fn origin(delivery: &Delivery) -> Vec<(String, String)> {
     events::origin_headers(
@@ -152,56 +153,57 @@ fn origin(delivery: &Delivery) -> Vec<(String, String)> {
     )
 }
 
-/// Settles one delivery: process, then park or ack. A delivery that cannot be settled
-/// (shutdown) is left unacked and returns to the queue when the channel closes.
+/// Settles one delivery: process, then ack (after publishing a dead-letter copy when the
+/// command cannot be stored). A delivery that cannot be settled (shutdown) is left
+/// unacked and returns to the queue when the channel closes.
 async fn handle(pipeline: &Pipeline, publisher: &Publisher, acks: &Acks, delivery: Delivery) {
     let origin = origin(&delivery);
-    let disposition = match pipeline.process(&delivery.data, &origin).await {
+    let disposition = match pipeline.process(&delivery.data, &origin, None).await {
         Ok(d) => d,
         Err(_) => {
             debug!("interrupted; leaving the delivery unacknowledged");
             return;
         }
     };
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|s| s.to_string());
-    let copy = match disposition {
-        Disposition::Ack => None,
-        Disposition::Park(delay) => Some(OutboxMessage {
-            exchange: String::new(),
-            routing_key: pipeline.topology.retry_queue(retry_tier(delay)),
-            message_id,
-            message_type: None,
-            correlation_id: None,
-            headers: origin,
-            payload: delivery.data.clone(),
-        }),
-        Disposition::DeadLetter(reason) => Some(events::dead_letter(
+    if let Disposition::DeadLetter(reason) = disposition {
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string());
+        let copy = events::dead_letter(
             &pipeline.topology.dead_queue(),
             &delivery.data,
             &reason,
             message_id,
             &origin,
-        )),
-    };
-    if let Some(msg) = copy {
-        let mut backoff = infra_backoff();
-        loop {
-            match publisher.publish(&msg).await {
-                Ok(()) => break,
-                Err(e) => {
-                    let wait = backoff.next().unwrap_or(Duration::from_secs(5));
-                    warn!(error = %e, "could not move the command; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = pipeline.abort.cancelled() => return,
-                    }
+        );
+        if !publish_until_confirmed(pipeline, publisher, &copy).await {
+            return;
+        }
+    }
+    acks.settled(delivery.delivery_tag);
+}
+
+/// Publishes `msg`, retrying until the broker confirms it; false when in-flight work
+/// must stop first.
+pub(super) async fn publish_until_confirmed(
+    pipeline: &Pipeline,
+    publisher: &Publisher,
+    msg: &OutboxMessage,
+) -> bool {
+    let mut backoff = infra_backoff();
+    loop {
+        match publisher.publish(msg).await {
+            Ok(()) => return true,
+            Err(e) => {
+                let wait = backoff.next().unwrap_or(Duration::from_secs(5));
+                warn!(error = %e, "could not move the command; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = pipeline.abort.cancelled() => return false,
                 }
             }
         }
     }
-    acks.settled(delivery.delivery_tag);
 }

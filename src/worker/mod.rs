@@ -7,6 +7,7 @@ mod consume;
 pub mod lanes;
 mod pacing;
 mod pipeline;
+mod release;
 mod replicas;
 mod retry;
 pub mod scheduler;
@@ -57,9 +58,6 @@ pub struct Worker {
     publisher: Arc<Publisher>,
     pub health: Arc<Health>,
     pub world: SimWorld,
-    /// The rate-limit share of this process, kept by [`replicas::run`] (when
-    /// the database can serve several processes).
-    share: Option<tokio::sync::watch::Sender<u32>>,
 }
 
 fn instance_id(settings: &Settings) -> String {
@@ -86,10 +84,6 @@ impl Worker {
         )
         .await?;
         store.migrate().await?;
-        // PostgreSQL can serve several processes: they share each rate limit, and hold
-        // their requests until their heartbeats have counted them (`replicas`).
-        let shared = store.backend() == sea_orm::DbBackend::Postgres;
-        let (share_tx, share) = tokio::sync::watch::channel(if shared { 0 } else { 1 });
         let world = world.unwrap_or_default();
         if let Some(latency) = settings.backends.values().find_map(|b| b.latency()) {
             world.set_latency(latency);
@@ -97,7 +91,9 @@ impl Worker {
         let mut backends = HashMap::new();
         for (name, b) in &settings.backends {
             let built = backend::build(name, b, &world)?;
-            backends.insert(name.clone(), BackendEntry::new(built, b, share.clone()));
+            let share = settings.rotation.rate_share;
+            let entry = BackendEntry::new(name, built, b, share, &store);
+            backends.insert(name.clone(), entry);
         }
         let topology = Topology::new(&settings.amqp.name_prefix);
         let broker = Broker::new(
@@ -126,6 +122,7 @@ impl Worker {
             backends,
             lanes: Lanes::default(),
             relay_wakeup: Arc::new(Notify::new()),
+            release_wakeup: Arc::new(Notify::new()),
             abort: CancellationToken::new(),
         });
         Ok(Self {
@@ -134,7 +131,6 @@ impl Worker {
             publisher,
             health,
             world,
-            share: shared.then_some(share_tx),
         })
     }
 
@@ -180,37 +176,21 @@ impl Worker {
             });
         }
 
-        match &self.share {
-            Some(tx) => {
-                let longest_period = settings
-                    .backends
-                    .values()
-                    .map(|b| b.rate_limit().period)
-                    .max()
-                    .unwrap_or_default();
-                tasks.spawn(replicas::run(
-                    self.pipeline.store.clone(),
-                    self.pipeline.instance_id.clone(),
-                    replicas::Share::new(longest_period),
-                    tx.clone(),
-                    background.clone(),
-                ));
-            }
-            None => m::rate_limit_share(1),
+        if self.pipeline.store.serves_replicas() {
+            tasks.spawn(replicas::run(
+                self.pipeline.store.clone(),
+                self.pipeline.instance_id.clone(),
+                background.clone(),
+            ));
         }
 
-        if let Some(tx) = &self.share {
-            // Take no commands before this process's share of the rate limits is known:
-            // meanwhile (a second or so alone, longer beside others) the other
-            // processes serve them.
-            let mut share = tx.subscribe();
-            info!("counting the worker processes that share the rate limits");
-            tokio::select! {
-                _ = share.wait_for(|n| *n > 0) => {}
-                _ = shutdown.cancelled() => {}
-            }
-        }
         let in_flight = TaskTracker::new();
+        let releaser = Arc::new(release::Releaser::new(
+            self.pipeline.clone(),
+            self.publisher.clone(),
+            usize::from(settings.amqp.prefetch),
+        ));
+        in_flight.spawn(releaser.run(shutdown.clone(), in_flight.clone()));
         self.consume(&shutdown, &in_flight).await;
 
         info!("stopping: waiting for in-flight commands");

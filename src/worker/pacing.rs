@@ -1,146 +1,240 @@
-//! Per-session pacing of backend requests (`rate_limit_per_session`): one pacer per
-//! configured backend, shared by every in-flight command of the process. A session's
-//! requests take slots in arrival order, and two of them never leave closer together
-//! than `period / count` times the process's [share](super::replicas) (the number of
-//! worker processes sharing the limit); other sessions are not slowed at all.
+//! Per-session request slots (`rate_limit_per_session`). Every request to a provider takes
+//! a slot of its session first. Slots lie on a grid `period / count` apart plus a small
+//! margin, so that no window of one period holds more than `count` requests; rotations
+//! also lie on a coarser grid of their own, so that they use at most
+//! `rotation.rate_share` of the rate and leave the rest to revokes.
+//!
+//! One process (SQLite) keeps the grid in memory ([`LocalSlots`]); processes sharing a
+//! PostgreSQL database take their slots from one `session_slots` row per session, with
+//! the same arithmetic (`store::deferred`), so that together they use the whole rate and
+//! never more, whichever of them receives a session's commands.
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use tokio::{sync::watch, time::Instant};
+use chrono::Utc;
+use tokio::time::Instant;
 
-use crate::config::RateLimit;
+use crate::{
+    config::RateLimit,
+    domain::CommandType,
+    store::{SlotRequest, Store, StoreError},
+};
 
-/// Extra spacing on top of `period / count`, so that jitter between sending a request
-/// and the provider receiving it cannot make the provider count one request too many in
-/// a window.
+/// Extra spacing on top of `period / count`: half of it lets a slot taken a little late
+/// keep the grid ([`Grid::slack`]), the other half absorbs the jitter between taking a
+/// slot and the provider receiving the request.
 const MARGIN_PERCENT: u32 = 5;
-/// Sessions kept before idle ones are forgotten.
-const PRUNE_ABOVE: usize = 1024;
+/// Sessions kept in memory before idle ones are forgotten.
+const PRUNE_ABOVE: usize = 4096;
 
-#[derive(Default)]
-struct Session {
-    /// The next free slot (reservations are handed out in order from here).
-    next_slot: Option<Instant>,
-    /// When the last request actually left.
-    last_sent: Option<Instant>,
+/// What a request is for: revokes may use the whole rate, rotations only their share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Class {
+    Revoke,
+    Rotation,
 }
 
-pub(super) struct Pacer {
-    interval: Duration,
-    /// How many processes share the limit; 0 holds every request back.
-    share: watch::Receiver<u32>,
-    sessions: Mutex<HashMap<String, Session>>,
-}
-
-/// A reserved slot; [`Pacer::wait`] turns it into permission to send.
-#[derive(Debug)]
-#[must_use]
-pub(super) struct Ticket {
-    slot: Instant,
-}
-
-impl Pacer {
-    /// A pacer that has the whole limit to itself.
-    #[cfg(test)]
-    pub(super) fn new(rate: RateLimit) -> Self {
-        Self::shared(rate, watch::channel(1).1)
+impl Class {
+    pub(crate) fn of(kind: CommandType) -> Self {
+        match kind {
+            CommandType::RevokeInvite => Self::Revoke,
+            CommandType::RotateExpiringLink => Self::Rotation,
+        }
     }
 
-    /// A pacer that spaces each session's requests `share` times wider, and holds them
-    /// all while `share` is 0.
-    pub(super) fn shared(rate: RateLimit, share: watch::Receiver<u32>) -> Self {
+    /// The order in which deferred commands of one session are claimed: revokes first.
+    pub(crate) fn priority(self) -> i16 {
+        match self {
+            Self::Revoke => 0,
+            Self::Rotation => 1,
+        }
+    }
+}
+
+/// A session's slot arithmetic, from its backend's rate limit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Grid {
+    /// Between two slots of the session.
+    pub(crate) interval: Duration,
+    /// Between two slots taken by rotations.
+    pub(crate) rotation_interval: Duration,
+    /// A slot taken up to this late keeps the grid; later, the grid restarts at now.
+    pub(crate) slack: Duration,
+}
+
+impl Grid {
+    /// `rotation_share`: the part of the rate rotations may use, in (0, 1].
+    pub(crate) fn new(rate: RateLimit, rotation_share: f64) -> Self {
         let base = rate.period / rate.count.max(1);
         let interval = (base + base * MARGIN_PERCENT / 100).max(Duration::from_micros(1));
         Self {
             interval,
-            share,
-            sessions: Mutex::new(HashMap::new()),
+            rotation_interval: interval.div_f64(rotation_share.clamp(0.01, 1.0)),
+            slack: rate.period * MARGIN_PERCENT / 200,
         }
     }
 
-    /// The least time between two requests of one session from this process now.
-    pub(super) fn interval(&self) -> Duration {
-        self.interval * (*self.share.borrow()).max(1)
+    /// Where a slot taken at `now` starts, given the next free one `next`: on the grid
+    /// when `next` is at most [`Grid::slack`] behind `now`, else at `now`.
+    fn start(&self, next: Option<Instant>, now: Instant) -> Instant {
+        match next {
+            Some(next) if next + self.slack >= now => next,
+            _ => now,
+        }
     }
+}
 
-    /// How long a request for `session` reserved now would wait.
-    pub(super) fn backlog(&self, session: &str) -> Duration {
-        let now = Instant::now();
-        self.lock()
-            .get(session)
-            .and_then(|s| s.next_slot)
-            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
-    }
+/// The answer to a slot request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// Taken: send after this long (zero: now). The slot is spent whether or not the
+    /// request is sent.
+    Taken(Duration),
+    /// Not taken: the session's next slot is further away than the request may wait,
+    /// or commands of the session wait for it already; ask again after this long.
+    Busy(Duration),
+}
 
-    /// Reserves the session's next slot, unless it is more than `max_wait` away: then
-    /// nothing is reserved and the wait is returned.
-    pub(super) fn reserve(
+#[derive(Default)]
+struct Session {
+    next: Option<Instant>,
+    next_rotation: Option<Instant>,
+}
+
+/// The slots of one process's sessions, in memory.
+#[derive(Default)]
+pub(crate) struct LocalSlots {
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+impl LocalSlots {
+    /// Takes the next slot of `session` for a request of `class`, unless it starts more
+    /// than `lookahead` from now.
+    pub(crate) fn take(
         &self,
         session: &str,
-        max_wait: Option<Duration>,
-    ) -> Result<Ticket, Duration> {
+        grid: &Grid,
+        class: Class,
+        lookahead: Duration,
+    ) -> Slot {
         let now = Instant::now();
-        let mut sessions = self.lock();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if sessions.len() > PRUNE_ABOVE {
-            sessions.retain(|_, s| s.next_slot.is_some_and(|t| t > now));
+            sessions.retain(|_, s| s.next.is_some_and(|t| t + grid.slack >= now));
         }
         let s = sessions.entry(session.to_owned()).or_default();
-        let slot = s.next_slot.map_or(now, |t| t.max(now));
-        if max_wait.is_some_and(|max| slot - now > max) {
-            return Err(slot - now);
+        let mut start = grid.start(s.next, now);
+        if class == Class::Rotation {
+            start = start.max(grid.start(s.next_rotation, now));
         }
-        s.next_slot = Some(slot + self.interval());
-        Ok(Ticket { slot })
+        let wait = start.saturating_duration_since(now);
+        if wait > lookahead {
+            return Slot::Busy(wait - lookahead);
+        }
+        s.next = Some(start + grid.interval);
+        if class == Class::Rotation {
+            s.next_rotation = Some(start + grid.rotation_interval);
+        }
+        Slot::Taken(wait)
+    }
+}
+
+/// A slot taken: the instant its request may leave.
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Ticket {
+    at: Instant,
+}
+
+impl Ticket {
+    pub(crate) fn after(wait: Duration) -> Self {
+        Self {
+            at: Instant::now() + wait,
+        }
     }
 
-    /// Sleeps until the ticket's slot and until the interval since the session's last
-    /// request has passed (at the share of that moment: a slot reserved before the share
-    /// grew is pushed back), and while the share is 0; then records the send. Call right
-    /// before sending. Returns how long it waited (zero when the request could leave at
-    /// once: no timer is set then).
-    pub(super) async fn wait(&self, session: &str, ticket: Ticket) -> Duration {
-        let start = Instant::now();
-        let mut at = ticket.slot;
-        let mut slept = false;
-        let mut share = self.share.clone();
-        loop {
-            if at > Instant::now() {
-                tokio::time::sleep_until(at).await;
-                slept = true;
-            }
-            if *share.borrow_and_update() == 0 {
-                // Held: go on once the share is known again (a closed channel means
-                // the worker is stopping; the caller's cancellation ends the wait).
-                if share.changed().await.is_err() {
-                    std::future::pending::<()>().await;
+    /// Whether the slot is over: a request sent more than `slack` after its slot could
+    /// crowd a later one, so it takes a new slot instead.
+    pub(crate) fn is_stale(&self, slack: Duration) -> bool {
+        Instant::now() > self.at + slack
+    }
+
+    /// Sleeps until the slot; true when it had to wait.
+    pub(crate) async fn wait(self) -> bool {
+        if self.at <= Instant::now() {
+            return false;
+        }
+        tokio::time::sleep_until(self.at).await;
+        true
+    }
+}
+
+/// The slots of one backend's sessions: in memory for one process (SQLite), in the
+/// database for processes sharing it (PostgreSQL).
+pub(crate) struct Pacer {
+    backend: String,
+    grid: Grid,
+    local: Option<LocalSlots>,
+    store: Store,
+}
+
+impl Pacer {
+    pub(crate) fn new(backend: &str, rate: RateLimit, rotation_share: f64, store: &Store) -> Self {
+        Self {
+            backend: backend.to_owned(),
+            grid: Grid::new(rate, rotation_share),
+            local: (!store.serves_replicas()).then(LocalSlots::default),
+            store: store.clone(),
+        }
+    }
+
+    pub(crate) fn grid(&self) -> &Grid {
+        &self.grid
+    }
+
+    /// Takes `session`'s next slot for a request of `class`, unless it starts more than
+    /// `lookahead` from now or, with `behind_due`, commands of the session deferred until
+    /// now wait for slots already (they go first).
+    pub(crate) async fn take(
+        &self,
+        session: &str,
+        class: Class,
+        lookahead: Duration,
+        behind_due: bool,
+    ) -> Result<Slot, StoreError> {
+        match &self.local {
+            Some(local) => {
+                if behind_due
+                    && self
+                        .store
+                        .has_due_deferred(&self.backend, session, Utc::now())
+                        .await?
+                {
+                    return Ok(Slot::Busy(Duration::ZERO));
                 }
-                slept = true;
-                continue;
+                Ok(local.take(session, &self.grid, class, lookahead))
             }
-            let now = Instant::now();
-            let mut sessions = self.lock();
-            let s = sessions.entry(session.to_owned()).or_default();
-            match s.last_sent.map(|t| t + self.interval()) {
-                Some(earliest) if earliest > now => at = earliest,
-                _ => {
-                    s.last_sent = Some(now);
-                    return if slept { now - start } else { Duration::ZERO };
-                }
+            None => {
+                let request = SlotRequest {
+                    interval: self.grid.interval,
+                    rotation_interval: self.grid.rotation_interval,
+                    slack: self.grid.slack,
+                    rotation: class == Class::Rotation,
+                    lookahead,
+                    behind_due,
+                };
+                Ok(
+                    match self
+                        .store
+                        .take_slot(&self.backend, session, &request)
+                        .await?
+                    {
+                        Ok(wait) => Slot::Taken(wait),
+                        Err(retry) => Slot::Busy(retry),
+                    },
+                )
             }
         }
-    }
-
-    /// Reserves without a bound and waits: the usual way to pace one request.
-    #[cfg(test)]
-    pub(super) async fn acquire(&self, session: &str) -> Duration {
-        match self.reserve(session, None) {
-            Ok(ticket) => self.wait(session, ticket).await,
-            Err(wait) => wait,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -148,126 +242,109 @@ impl Pacer {
 mod tests {
     use super::*;
 
-    fn per_second(count: u32) -> RateLimit {
-        RateLimit {
-            count,
-            period: Duration::from_secs(1),
+    fn rate(count: u32, period: Duration) -> RateLimit {
+        RateLimit { count, period }
+    }
+
+    /// Takes slots as a sender would (waiting for each); the send instants.
+    async fn send_times(slots: &LocalSlots, grid: &Grid, class: Class, n: usize) -> Vec<Instant> {
+        let mut sent = Vec::new();
+        while sent.len() < n {
+            match slots.take("s", grid, class, Duration::MAX) {
+                Slot::Taken(wait) => {
+                    tokio::time::sleep(wait).await;
+                    sent.push(Instant::now());
+                }
+                Slot::Busy(_) => panic!("the lookahead covers every slot"),
+            }
         }
+        sent
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn one_session_is_spaced_and_others_are_not_slowed() {
-        let p = Pacer::new(per_second(10));
-        assert_eq!(p.interval(), Duration::from_millis(105));
-        let start = Instant::now();
-        for _ in 0..5 {
-            p.acquire("a").await;
-        }
-        assert_eq!(start.elapsed(), Duration::from_millis(4 * 105));
-        assert_eq!(p.backlog("a"), Duration::from_millis(105));
-        assert_eq!(p.backlog("b"), Duration::ZERO);
-        let t = Instant::now();
-        p.acquire("b").await;
-        assert_eq!(t.elapsed(), Duration::ZERO);
-    }
-
-    /// In real time: a request that leaves at once reports no wait (the metric of
-    /// rate-limited requests counts only those that were held back).
-    #[tokio::test]
-    async fn a_free_slot_is_no_wait_and_a_taken_one_is() {
-        let p = Pacer::new(per_second(1000));
-        assert_eq!(p.acquire("a").await, Duration::ZERO);
-        assert!(p.acquire("a").await > Duration::ZERO);
-        assert_eq!(p.acquire("b").await, Duration::ZERO);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn concurrent_waiters_get_distinct_slots_in_order() {
-        let p = std::sync::Arc::new(Pacer::new(per_second(10)));
-        let tickets: Vec<_> = (0..4).map(|_| p.reserve("a", None).unwrap()).collect();
-        let waits: Vec<_> = tickets
-            .into_iter()
-            .map(|t| {
-                let p = p.clone();
-                tokio::spawn(async move { p.wait("a", t).await })
+    /// The most of `times` within any half-open window of `period`.
+    fn busiest_window(times: &[Instant], period: Duration) -> usize {
+        (0..times.len())
+            .map(|i| {
+                times[i..]
+                    .iter()
+                    .take_while(|t| **t - times[i] < period)
+                    .count()
             })
-            .collect();
-        let mut got = Vec::new();
-        for w in waits {
-            got.push(w.await.unwrap());
-        }
-        let want: Vec<_> = (0..4).map(|i| Duration::from_millis(105 * i)).collect();
-        assert_eq!(got, want);
+            .max()
+            .unwrap_or(0)
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_bounded_reservation_refuses_a_long_backlog_without_taking_a_slot() {
-        let p = Pacer::new(per_second(10));
-        for _ in 0..5 {
-            let _ = p.reserve("a", None).unwrap();
-        }
-        let max = Some(Duration::from_millis(300));
-        assert_eq!(p.reserve("a", max).unwrap_err(), Duration::from_millis(525));
-        assert_eq!(p.backlog("a"), Duration::from_millis(525));
+    async fn a_backlog_uses_the_rate_and_never_exceeds_it_in_any_window() {
+        let limit = rate(20, Duration::from_secs(1));
+        let grid = Grid::new(limit, 0.5);
+        let slots = LocalSlots::default();
+        let times = send_times(&slots, &grid, Class::Revoke, 300).await;
+        assert_eq!(busiest_window(&times, limit.period), 20);
+        let took = times[299] - times[0];
+        // The timer's millisecond resolution may add up to a millisecond per request.
+        assert!(took >= grid.interval * 299, "{took:?}");
+        // 300 requests at 20/s take 15 s at the full rate: at least 90 % of it.
+        assert!(took.as_secs_f64() <= 15.0 / 0.9, "{took:?}");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_share_of_two_spaces_requests_twice_as_wide() {
-        let (tx, rx) = watch::channel(2);
-        let p = Pacer::shared(per_second(10), rx);
-        let start = Instant::now();
-        for _ in 0..3 {
-            p.acquire("a").await;
-        }
-        assert_eq!(start.elapsed(), Duration::from_millis(2 * 210));
-        // Back to the whole limit: the next slot was reserved at the old spacing.
-        tx.send(1).unwrap();
-        let t = Instant::now();
-        p.acquire("a").await;
-        p.acquire("a").await;
-        assert_eq!(t.elapsed(), Duration::from_millis(210 + 105));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_slot_reserved_before_the_share_grew_is_pushed_back() {
-        let (tx, rx) = watch::channel(1);
-        let p = Pacer::shared(per_second(10), rx);
-        let first = p.reserve("a", None).unwrap();
-        let second = p.reserve("a", None).unwrap();
-        p.wait("a", first).await;
-        let sent_first = Instant::now();
-        tx.send(2).unwrap();
-        p.wait("a", second).await;
-        assert_eq!(Instant::now() - sent_first, Duration::from_millis(210));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_share_of_zero_holds_requests_until_it_is_known() {
-        let (tx, rx) = watch::channel(0);
-        let p = std::sync::Arc::new(Pacer::shared(per_second(10), rx));
-        let waiter = {
-            let p = p.clone();
-            tokio::spawn(async move { p.acquire("a").await })
-        };
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        assert!(
-            !waiter.is_finished(),
-            "a request left while the share was 0"
+    async fn rotations_use_at_most_their_share_and_revokes_take_the_slots_between() {
+        let limit = rate(10, Duration::from_secs(1));
+        let grid = Grid::new(limit, 0.5);
+        let slots = LocalSlots::default();
+        let rotations = send_times(&slots, &grid, Class::Rotation, 20).await;
+        assert_eq!(busiest_window(&rotations, limit.period), 5);
+        // Right after a rotation, a revoke takes the next session slot, not the next
+        // rotation slot.
+        assert_eq!(
+            slots.take("s", &grid, Class::Revoke, Duration::MAX),
+            Slot::Taken(grid.interval)
         );
-        tx.send(1).unwrap();
-        assert_eq!(waiter.await.unwrap(), Duration::from_secs(3));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_late_sender_pushes_the_next_one_back() {
-        let p = Pacer::new(per_second(10));
-        let first = p.reserve("a", None).unwrap();
-        let second = p.reserve("a", None).unwrap();
-        // The first request is held up (say, by a database write) past the second slot.
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        p.wait("a", first).await;
-        let sent_first = Instant::now();
-        p.wait("a", second).await;
-        assert_eq!(Instant::now() - sent_first, Duration::from_millis(105));
+    async fn a_slot_further_than_the_lookahead_is_not_taken() {
+        let grid = Grid::new(rate(5, Duration::from_secs(1)), 1.0);
+        let slots = LocalSlots::default();
+        let take = |session, lookahead| slots.take(session, &grid, Class::Revoke, lookahead);
+        assert_eq!(take("s", Duration::ZERO), Slot::Taken(Duration::ZERO));
+        assert_eq!(take("s", Duration::ZERO), Slot::Busy(grid.interval));
+        // The refusal took nothing: the next slot is still one interval away.
+        assert_eq!(take("s", grid.interval), Slot::Taken(grid.interval));
+        // Another session has a grid of its own.
+        assert_eq!(take("t", Duration::ZERO), Slot::Taken(Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_taken_a_little_late_keeps_the_grid_and_an_idle_session_restarts_it() {
+        let grid = Grid::new(rate(10, Duration::from_secs(1)), 1.0);
+        let slots = LocalSlots::default();
+        let take = || match slots.take("s", &grid, Class::Revoke, Duration::MAX) {
+            Slot::Taken(wait) => wait,
+            Slot::Busy(_) => panic!("busy"),
+        };
+        assert_eq!(take(), Duration::ZERO);
+        // Taken late, within the slack: the slot is the grid's, so the next one is one
+        // interval after it, not after now.
+        let late = grid.slack / 2;
+        tokio::time::advance(grid.interval + late).await;
+        assert_eq!(take(), Duration::ZERO);
+        assert_eq!(take(), grid.interval - late);
+        // After a long pause the grid starts again at now.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(take(), Duration::ZERO);
+        assert_eq!(take(), grid.interval);
+    }
+
+    #[test]
+    fn the_grid_keeps_a_margin_under_the_limit() {
+        let grid = Grid::new(rate(20, Duration::from_secs(1)), 0.5);
+        assert_eq!(grid.interval, Duration::from_micros(52_500));
+        assert_eq!(grid.rotation_interval, Duration::from_micros(105_000));
+        assert_eq!(grid.slack, Duration::from_millis(25));
+        // 20 intervals span the period and the margin: the slack and the send jitter
+        // can take 25 ms each without a window of the period holding 21 requests.
+        assert!(grid.interval * 20 >= Duration::from_secs(1) + grid.slack * 2);
     }
 }

@@ -3,14 +3,14 @@
 //! provider's current link where a read is needed, then the reset loop: record each
 //! attempt before its reset, retry transient failures in place or park the command.
 
-use std::ops::ControlFlow;
+use std::{ops::ControlFlow, time::Duration};
 
 use chrono::{DateTime, Utc};
 use tracing::{debug, info, warn};
 
 use super::{
     BackendEntry, Ctx, Disposition, Pipeline, Received, Unsettled, completed_elsewhere,
-    run::Receipt,
+    run::Receipt, slots::Slots,
 };
 use crate::{
     domain::{BackendError, Command, CommandType, ErrorKind},
@@ -30,31 +30,6 @@ macro_rules! proceed {
             ControlFlow::Break(done) => return Ok(done),
         }
     };
-}
-
-/// The rate-limit slots of one delivery's requests: a slot reserved before the receipt
-/// goes to the first request. The first request without one takes a slot only if it
-/// comes soon (otherwise the command waits in a delay queue and no attempt is spent);
-/// later ones wait for theirs.
-struct Slots {
-    first: Option<Ticket>,
-    max_wait: Option<std::time::Duration>,
-}
-
-impl Slots {
-    fn new(reserved: Option<Ticket>, max_inline_wait: std::time::Duration) -> Self {
-        Self {
-            max_wait: reserved.is_none().then_some(max_inline_wait),
-            first: reserved,
-        }
-    }
-
-    /// The next request's slot; `Err`: the wait for it, too long to take it now.
-    fn next(&mut self, entry: &BackendEntry, session: &str) -> Result<Ticket, std::time::Duration> {
-        self.first
-            .take()
-            .map_or_else(|| entry.pacer.reserve(session, self.max_wait.take()), Ok)
-    }
 }
 
 /// The group's link as stored when the command came under its lease.
@@ -90,8 +65,11 @@ impl Pipeline {
         // `row` was read before the lease was taken: another process may finish the same
         // command meanwhile. The conditional updates in `mark_executing` and `complete`
         // catch that, so no extra read is needed here.
-        let mut slots = Slots::new(ticket, self.retry.max_inline_wait);
-        let stored = proceed!(self.read_stored(cmd, &row, &mut slots, receipt).await);
+        let mut slots = Slots::new(ticket);
+        let stored = proceed!(
+            self.read_stored(cmd, received, &row, &mut slots, receipt)
+                .await
+        );
         let ctx = Ctx {
             cmd,
             body: received.body,
@@ -122,6 +100,7 @@ impl Pipeline {
     async fn read_stored(
         &self,
         cmd: &Command,
+        received: Received<'_>,
         row: &entity::command::Model,
         slots: &mut Slots,
         receipt: Receipt,
@@ -148,9 +127,9 @@ impl Pipeline {
                 attempt_recorded: false,
             }));
         };
-        let ticket = match slots.next(entry, cmd.session.as_str()) {
-            Ok(t) => t,
-            Err(wait) => return Ok(ControlFlow::Break(self.rate_park(wait))),
+        let Some(ticket) = self.next_slot(slots, entry, cmd).await? else {
+            let waits = self.defer(cmd, received, Duration::ZERO, true).await?;
+            return Ok(ControlFlow::Break(waits));
         };
         let first = store::FirstAttempt {
             command_id: row.command_id.clone(),
@@ -165,7 +144,7 @@ impl Pipeline {
         if !marked {
             return Ok(ControlFlow::Break(completed_elsewhere()));
         }
-        slots.first = Some(ticket);
+        slots.put_back(ticket);
         Ok(ControlFlow::Continue(Stored {
             link,
             attempt_recorded: true,
@@ -224,9 +203,11 @@ impl Pipeline {
         if !(entry.backend.can_read() && read) {
             return Ok(ControlFlow::Continue(plan));
         }
-        let ticket = match slots.next(entry, cmd.session.as_str()) {
-            Ok(t) => t,
-            Err(wait) => return Ok(ControlFlow::Break(self.rate_park(wait))),
+        let Some(ticket) = self.next_slot(slots, entry, cmd).await? else {
+            let waits = self
+                .defer(cmd, ctx.received(), Duration::ZERO, true)
+                .await?;
+            return Ok(ControlFlow::Break(waits));
         };
         // The code read is recorded (again) before the reset.
         plan.attempt_recorded = false;
@@ -293,9 +274,8 @@ impl Pipeline {
                     .finish(ctx, attempts as i32, Outcome::Failed(err), plan.external)
                     .await;
             }
-            let ticket = match slots.next(entry, cmd.session.as_str()) {
-                Ok(t) => t,
-                Err(wait) => return Ok(self.rate_park(wait)),
+            let Some(ticket) = self.next_slot(slots, entry, cmd).await? else {
+                return self.defer(cmd, ctx.received(), Duration::ZERO, true).await;
             };
             attempts += 1;
             tracing::Span::current().record("attempt", attempts);
@@ -333,9 +313,7 @@ impl Pipeline {
                         .await;
                 }
                 Err(e) => {
-                    last_error = Some(proceed!(
-                        self.after_transient(&row.command_id, e, attempts).await
-                    ));
+                    last_error = Some(proceed!(self.after_transient(ctx, e, attempts).await));
                 }
             }
         }
@@ -360,14 +338,15 @@ impl Pipeline {
     }
 
     /// After a transient failure of attempt `attempts`: a short delay is waited in place
-    /// (the error is kept, in case the budget runs out); a longer one parks the command
-    /// in a delay queue, with the error kept for when it comes back.
+    /// (the error is kept, in case the budget runs out); after a longer one the command
+    /// waits in the database until it is due, with the error kept for when it runs again.
     async fn after_transient(
         &self,
-        command_id: &str,
+        ctx: &Ctx<'_>,
         e: BackendError,
         attempts: u32,
     ) -> Step<BackendError> {
+        let command_id = ctx.cmd.id.to_string();
         let delay = self.retry.delay(attempts, e.retry_after);
         m::retry_scheduled();
         if delay <= self.retry.max_inline_wait {
@@ -378,12 +357,13 @@ impl Pipeline {
             }
             return Ok(ControlFlow::Continue(e));
         }
-        info!(error = %e, ?delay, attempts, "transient failure; parking the command");
+        info!(error = %e, ?delay, attempts, "transient failure; deferring the command");
         self.persist("recording the transient error", || {
-            self.store.record_transient_error(command_id, &e)
+            self.store.record_transient_error(&command_id, &e)
         })
         .await?;
-        Ok(ControlFlow::Break(Disposition::Park(delay)))
+        let waits = self.defer(ctx.cmd, ctx.received(), delay, true).await?;
+        Ok(ControlFlow::Break(waits))
     }
 }
 

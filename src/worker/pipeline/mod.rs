@@ -9,6 +9,7 @@ mod execute;
 mod finish;
 mod reject;
 mod run;
+mod slots;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -18,7 +19,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::{
     lanes::{Lanes, Lease},
-    pacing::{Pacer, Ticket},
+    pacing::{Class, Pacer, Ticket},
     retry::{RetryPolicy, infra_backoff},
 };
 use crate::{
@@ -30,7 +31,7 @@ use crate::{
     store::{self, Store, StoreError},
 };
 
-/// A configured backend and the pacer of its sessions' requests.
+/// A configured backend and the slots of its sessions' requests.
 pub(super) struct BackendEntry {
     pub backend: SharedBackend,
     pub pacer: Pacer,
@@ -39,16 +40,18 @@ pub(super) struct BackendEntry {
 }
 
 impl BackendEntry {
-    /// `share`: how many worker processes share the backend's rate limit (see
-    /// [`super::replicas`]).
+    /// `rotation_share`: `rotation.rate_share`; `store` keeps the slots that processes
+    /// on one PostgreSQL database share.
     pub(super) fn new(
+        name: &str,
         backend: SharedBackend,
         settings: &BackendSettings,
-        share: tokio::sync::watch::Receiver<u32>,
+        rotation_share: f64,
+        store: &Store,
     ) -> Self {
         Self {
             backend,
-            pacer: Pacer::shared(settings.rate_limit(), share),
+            pacer: Pacer::new(name, settings.rate_limit(), rotation_share, store),
             read_before_reset: settings.read_before_reset,
         }
     }
@@ -61,12 +64,7 @@ impl BackendEntry {
         ticket: Ticket,
         request: impl Future<Output = Result<Link, BackendError>>,
     ) -> Result<Link, BackendError> {
-        if !self
-            .pacer
-            .wait(cmd.session.as_str(), ticket)
-            .await
-            .is_zero()
-        {
+        if ticket.wait().await {
             m::rate_limit_wait();
         }
         let started = std::time::Instant::now();
@@ -77,16 +75,17 @@ impl BackendEntry {
     }
 }
 
-/// What the consumer does with the delivery after [`Pipeline::process`].
+/// What becomes of a delivery (or a deferred row) after [`Pipeline::process`].
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Disposition {
     /// The outcome is committed (or the message was a duplicate): ack.
     Ack,
+    /// The command waits in the database until it is due (committed): ack the delivery;
+    /// a deferred row stays.
+    Deferred,
     /// The command cannot be stored: publish it to the dead-letter queue with this
     /// reason, then ack.
     DeadLetter(String),
-    /// Publish a copy to the retry queue of this delay, then ack.
-    Park(Duration),
 }
 
 /// The worker was asked to stop before the command could be settled; do not ack.
@@ -126,6 +125,15 @@ struct Ctx<'a> {
     lease: &'a Lease,
 }
 
+impl Ctx<'_> {
+    fn received(&self) -> Received<'_> {
+        Received {
+            body: self.body,
+            origin: self.origin,
+        }
+    }
+}
+
 /// The answer for a command another delivery completed while this one ran: ack the
 /// duplicate, write nothing.
 fn completed_elsewhere() -> Disposition {
@@ -146,6 +154,8 @@ pub(super) struct Pipeline {
     pub retry: RetryPolicy,
     pub instance_id: String,
     pub relay_wakeup: Arc<tokio::sync::Notify>,
+    /// Woken when a command was deferred (see [`super::release`]).
+    pub release_wakeup: Arc<tokio::sync::Notify>,
     /// Cancelled when in-flight work must give up (after the shutdown grace).
     pub abort: CancellationToken,
 }
@@ -201,6 +211,7 @@ impl Pipeline {
 
     /// A backend request that gives way when in-flight work must stop (after the
     /// shutdown grace). A reset cut off here is safe: its `executing` row is committed.
+    /// A slot that passed while the command was busy elsewhere is replaced by a new one.
     async fn backend_call(
         &self,
         entry: &BackendEntry,
@@ -209,30 +220,61 @@ impl Pipeline {
         ticket: Ticket,
         request: impl Future<Output = Result<Link, BackendError>>,
     ) -> Result<Result<Link, BackendError>, Unsettled> {
+        let ticket = if ticket.is_stale(entry.pacer.grid().slack) {
+            debug!("the request's slot passed; taking another");
+            self.later_slot(entry, cmd).await?
+        } else {
+            ticket
+        };
         tokio::select! {
             r = entry.call(cmd, op, ticket, request) => Ok(r),
             _ = self.abort.cancelled() => Err(Unsettled::Interrupted),
         }
     }
 
-    fn rate_park(&self, backlog: Duration) -> Disposition {
-        debug!(
-            ?backlog,
-            "session is at its rate limit; parking the command"
-        );
-        m::rate_limit_wait();
-        Disposition::Park(backlog)
+    /// Puts the command to wait in the database until `due_in` from now (its delivery
+    /// is then acknowledged; the releaser runs it when due). `release_lease`: this
+    /// delivery holds the group's lease, released with the deferral.
+    async fn defer(
+        &self,
+        cmd: &Command,
+        received: Received<'_>,
+        due_in: Duration,
+        release_lease: bool,
+    ) -> Result<Disposition, Unsettled> {
+        let now = Utc::now();
+        let deferral = store::Deferral {
+            command_id: cmd.id.to_string(),
+            backend: cmd.backend.clone(),
+            session_id: cmd.session.as_str().to_owned(),
+            lane: store::GroupKey::of(cmd).lane(),
+            priority: Class::of(cmd.kind).priority(),
+            due_at: now + chrono::Duration::from_std(due_in).unwrap_or(chrono::Duration::MAX),
+            received_at: now,
+            body: received.body.to_vec(),
+            origin: received.origin.to_vec(),
+            release_lease,
+        };
+        self.persist("deferring the command", || {
+            self.db.deferrals.call(deferral.clone())
+        })
+        .await?;
+        m::deferred(cmd.kind);
+        self.release_wakeup.notify_one();
+        Ok(Disposition::Deferred)
     }
 
-    /// Settles one message body.
+    /// Settles one message body: a delivery's, or (with `first`, the slot its session's
+    /// releaser took for it) a deferred command's, now due.
     /// `origin`: the delivery's headers a dead-lettered copy keeps
     /// ([`crate::domain::events::origin_headers`]).
     pub(super) async fn process(
         &self,
         body: &[u8],
         origin: &[(String, String)],
+        first: Option<Ticket>,
     ) -> Result<Disposition, Interrupted> {
-        match self.process_inner(body, origin).await {
+        match self.process_inner(body, origin, first).await {
             Ok(d) => Ok(d),
             Err(Unsettled::Interrupted) => Err(Interrupted),
             Err(Unsettled::Poison(reason)) => {
@@ -247,6 +289,7 @@ impl Pipeline {
         &self,
         body: &[u8],
         origin: &[(String, String)],
+        first: Option<Ticket>,
     ) -> Result<Disposition, Unsettled> {
         match command::parse(body, self) {
             Err(rejection) => self.reject(&rejection, body, origin).await,
@@ -261,7 +304,8 @@ impl Pipeline {
                     attempt = tracing::field::Empty,
                 );
                 let started = std::time::Instant::now();
-                let result = self.run(&cmd, body, origin).instrument(span).await;
+                let received = Received { body, origin };
+                let result = self.run(&cmd, received, first).instrument(span).await;
                 m::command_duration(cmd.kind, started.elapsed());
                 result
             }

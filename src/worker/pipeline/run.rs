@@ -1,6 +1,7 @@
-//! A valid command up to its group lease: parked at once when its session has a long
-//! backlog, queued behind its group's lane, recorded by the receipt (with the lease, and
-//! on PostgreSQL its first attempt), then run under the lease.
+//! A valid command up to its group lease: a revoke takes its first request's slot (or
+//! waits in the database when its session has none free), then the command queues
+//! behind its group's lane, is recorded by the receipt (with the lease, and on PostgreSQL
+//! a revoke's first attempt), and runs under the lease.
 
 use std::{ops::ControlFlow, time::Duration};
 
@@ -34,44 +35,47 @@ struct Recorded {
 }
 
 impl Pipeline {
-    /// Runs a valid command to its disposition.
+    /// Runs a valid command to its disposition. `first`: a slot its session's releaser
+    /// took for it (a deferred command, now due); a delivery takes its own, or waits in
+    /// the database when its session has none free.
     pub(super) async fn run(
         &self,
         cmd: &Command,
-        body: &[u8],
-        origin: &[(String, String)],
+        received: Received<'_>,
+        first: Option<Ticket>,
     ) -> Result<Disposition, Unsettled> {
-        // A session with a long backlog of requests: wait in a delay queue, not in a
-        // consumer slot, so that commands for other sessions keep flowing.
-        if let Some(entry) = self.backends.get(&cmd.backend) {
-            let backlog = entry.pacer.backlog(cmd.session.as_str());
-            if backlog > self.retry.max_inline_wait {
-                return Ok(self.rate_park(backlog));
-            }
-        }
         let lane = GroupKey::of(cmd).lane();
+        // The lane first: a slot taken before a wait behind the group's other commands
+        // would pass unused.
         let waited = std::time::Instant::now();
         let _lane = self.lanes.acquire(&lane).await;
         m::stage("waiting for the group lane", waited.elapsed());
-        let ticket = match self.reserve_first_slot(cmd) {
-            Ok(ticket) => ticket,
-            Err(wait) => return Ok(self.rate_park(wait)),
+        let first = match first {
+            Some(ticket) => Some(ticket),
+            None if self.first_attempt_with_receipt(cmd) => {
+                match self.take_first_slot(cmd).await? {
+                    Some(ticket) => Some(ticket),
+                    None => return self.defer(cmd, received, Duration::ZERO, false).await,
+                }
+            }
+            None => None,
         };
-        let recorded = match self.receive(cmd, &lane, ticket.is_some()).await? {
+        let first_attempt = first.is_some() && self.first_attempt_with_receipt(cmd);
+        let recorded = match self.receive(cmd, &lane, first_attempt).await? {
             ControlFlow::Continue(recorded) => recorded,
             ControlFlow::Break(done) => return Ok(done),
         };
         let Some(lease) = self.take_lease(&lane, recorded.leased).await? else {
-            debug!("group is busy in another process; parking the command");
-            return Ok(Disposition::Park(Duration::from_secs(1)));
+            debug!("group is busy in another process; deferring the command");
+            return self.defer(cmd, received, Duration::ZERO, false).await;
         };
         let result = lease
             .hold_while(self.run_leased(
                 cmd,
-                Received { body, origin },
+                received,
                 recorded.row,
                 &lease,
-                ticket,
+                first,
                 recorded.receipt,
             ))
             .await;
@@ -79,21 +83,24 @@ impl Pipeline {
         result
     }
 
-    /// A revoke that records the stored code as the one replaced may have its first
-    /// attempt recorded with the receipt (PostgreSQL): its rate-limit slot is reserved
-    /// first, so that a command parked for the rate limit spends no attempt. `Err`: the
-    /// wait for a slot, too long to take one now.
-    fn reserve_first_slot(&self, cmd: &Command) -> Result<Option<Ticket>, Duration> {
-        let entry = self.backends.get(&cmd.backend).filter(|e| {
-            cmd.kind == CommandType::RevokeInvite
-                && !e.read_before_reset
-                && self.retry.max_attempts > 0
-        });
-        match entry {
-            Some(entry) => entry
-                .pacer
-                .reserve(cmd.session.as_str(), Some(self.retry.max_inline_wait))
-                .map(Some),
+    /// Whether a revoke's first attempt is recorded with its receipt (PostgreSQL): it
+    /// records the stored code as the one replaced (no read before the reset), so its
+    /// slot is taken first, and a command that must wait for one spends no attempt.
+    fn first_attempt_with_receipt(&self, cmd: &Command) -> bool {
+        cmd.kind == CommandType::RevokeInvite
+            && self.retry.max_attempts > 0
+            && self
+                .backends
+                .get(&cmd.backend)
+                .is_some_and(|e| !e.read_before_reset)
+    }
+
+    /// The slot of a delivery's first request, taken only if it comes soon and no
+    /// deferred command of the session waits for one; `None`: the command waits in the
+    /// database instead.
+    async fn take_first_slot(&self, cmd: &Command) -> Result<Option<Ticket>, Unsettled> {
+        match self.backends.get(&cmd.backend) {
+            Some(entry) => self.inline_slot(entry, cmd).await,
             None => Ok(None),
         }
     }

@@ -1,0 +1,104 @@
+//! The request slots of one command's run. The first request of a delivery takes a slot
+//! only if it comes soon and no deferred command of its session waits for one: otherwise
+//! the command waits in the database (spending no attempt) and the releaser runs it in
+//! its session's slot order. A command the releaser runs brings the slot it took. Later
+//! requests of a run (a reset after a read, a retry in place) wait for their slot.
+
+use std::time::Duration;
+
+use super::{BackendEntry, Pipeline, Unsettled};
+use crate::{
+    domain::Command,
+    worker::pacing::{Class, Slot, Ticket},
+};
+
+/// The longest a delivery waits in place for its first slot; beyond it the command is
+/// deferred.
+const INLINE_LOOKAHEAD: Duration = Duration::from_millis(250);
+
+/// The slots of one run: a slot taken before the run started goes to its first request.
+pub(super) struct Slots {
+    first: Option<Ticket>,
+    /// The first request has no slot yet and may take one only if it comes soon.
+    inline: bool,
+}
+
+impl Slots {
+    pub(super) fn new(first: Option<Ticket>) -> Self {
+        Self {
+            inline: first.is_none(),
+            first,
+        }
+    }
+
+    /// Gives a slot taken but not used yet back to the next request.
+    pub(super) fn put_back(&mut self, ticket: Ticket) {
+        self.first = Some(ticket);
+    }
+}
+
+impl Pipeline {
+    /// The next request's slot; `None`: the command must wait in the database for one.
+    pub(super) async fn next_slot(
+        &self,
+        slots: &mut Slots,
+        entry: &BackendEntry,
+        cmd: &Command,
+    ) -> Result<Option<Ticket>, Unsettled> {
+        if let Some(ticket) = slots.first.take() {
+            slots.inline = false;
+            return Ok(Some(ticket));
+        }
+        if std::mem::take(&mut slots.inline) {
+            return self.inline_slot(entry, cmd).await;
+        }
+        self.later_slot(entry, cmd).await.map(Some)
+    }
+
+    /// A delivery's first slot: taken if it starts within [`INLINE_LOOKAHEAD`] (or one
+    /// interval, if shorter) and no deferred command of the session is due.
+    pub(super) async fn inline_slot(
+        &self,
+        entry: &BackendEntry,
+        cmd: &Command,
+    ) -> Result<Option<Ticket>, Unsettled> {
+        let lookahead = entry.pacer.grid().interval.min(INLINE_LOOKAHEAD);
+        let class = Class::of(cmd.kind);
+        let slot = self
+            .persist("taking a request slot", || {
+                entry
+                    .pacer
+                    .take(cmd.session.as_str(), class, lookahead, true)
+            })
+            .await?;
+        Ok(match slot {
+            Slot::Taken(wait) => Some(Ticket::after(wait)),
+            Slot::Busy(_) => None,
+        })
+    }
+
+    /// The next slot of a request within a run, however far away.
+    pub(super) async fn later_slot(
+        &self,
+        entry: &BackendEntry,
+        cmd: &Command,
+    ) -> Result<Ticket, Unsettled> {
+        let class = Class::of(cmd.kind);
+        loop {
+            let slot = self
+                .persist("taking a request slot", || {
+                    entry
+                        .pacer
+                        .take(cmd.session.as_str(), class, Duration::MAX, false)
+                })
+                .await?;
+            match slot {
+                Slot::Taken(wait) => return Ok(Ticket::after(wait)),
+                Slot::Busy(retry) => tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = self.abort.cancelled() => return Err(Unsettled::Interrupted),
+                },
+            }
+        }
+    }
+}
