@@ -4,4 +4,7 @@
 pub mod server;
 pub mod world;
 
-pub use world::{FaultSpec, GroupSpec, Op, SessionSpec, SimError, SimLink, SimWorld, Stats};
+pub use world::{
+    FaultSpec, GroupSpec, Op, RequestRecord, SessionSpec, SimError, SimLink, SimWorld, Stats,
+    busiest_window,
+};

@@ -8,12 +8,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tokio::time::Instant as ClockInstant;
+
 use chrono::{DateTime, Utc};
 use rand::{Rng, distr::Alphanumeric};
 use serde::{Deserialize, Serialize};
 
-/// Requests kept in the request log (for [`SimWorld::request_times`]).
-const REQUEST_LOG_LEN: usize = 100_000;
+/// Requests kept in the request log (for [`SimWorld::requests`] and
+/// [`SimWorld::request_times`]); older ones are dropped first.
+pub const REQUEST_LOG_LEN: usize = 200_000;
 
 /// Lifetime that the world reports for links on kinds that report expiries (wasend).
 pub const SIM_LINK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -124,6 +127,65 @@ fn yes() -> bool {
     true
 }
 
+/// One request as it reached the world: before faults and latency, as the counters see
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// What it hit, e.g. `waha.reset`.
+    pub route: String,
+    pub op: Op,
+    pub session: String,
+    pub group: String,
+    /// Its arrival, measured from the world's creation on tokio's clock (so a paused
+    /// clock in a test gives exact instants).
+    pub at: Duration,
+}
+
+/// A request in the log; [`RequestRecord`] once its instant is made relative.
+struct Logged {
+    route: String,
+    op: Op,
+    session: String,
+    group: String,
+    at: ClockInstant,
+}
+
+/// The latency added to each request: uniform in `[min, max]` (`min` when equal).
+#[derive(Clone, Copy, Debug, Default)]
+struct Latency {
+    min: Duration,
+    max: Duration,
+}
+
+impl Latency {
+    fn sample(self) -> Duration {
+        if self.max <= self.min {
+            return self.min;
+        }
+        let spread = u64::try_from((self.max - self.min).as_nanos()).unwrap_or(u64::MAX);
+        self.min + Duration::from_nanos(rand::rng().random_range(0..=spread))
+    }
+}
+
+/// The most of `arrivals` (in any order) that lie within one half-open window
+/// `[t, t + period)`, over every `t`. A busiest window can always start at an arrival, so
+/// only those are tried.
+pub fn busiest_window(arrivals: &[Duration], period: Duration) -> usize {
+    let mut at = arrivals.to_vec();
+    at.sort_unstable();
+    let mut most = 0;
+    let mut end = 0;
+    for (start, &t) in at.iter().enumerate() {
+        end = end.max(start);
+        let until = t.checked_add(period);
+        while end < at.len() && until.is_none_or(|u| at[end] < u) {
+            end += 1;
+        }
+        most = most.max(end - start);
+    }
+    most
+}
+
 struct Group {
     admin: bool,
     link: SimLink,
@@ -141,9 +203,9 @@ struct State {
     /// Request instants per session, for the rate-window statistic (bounded).
     session_requests: HashMap<String, VecDeque<Instant>>,
     max_in_any_second: HashMap<String, u32>,
-    /// Route and arrival instant of recent requests, oldest first (bounded).
-    request_log: VecDeque<(String, Instant)>,
-    latency: Duration,
+    /// Recent requests, oldest first (bounded by [`REQUEST_LOG_LEN`]).
+    request_log: VecDeque<Logged>,
+    latency: Latency,
     auto_create: bool,
     in_flight_total: u32,
     max_in_flight_total: u32,
@@ -169,6 +231,8 @@ pub struct Stats {
 #[derive(Clone)]
 pub struct SimWorld {
     state: Arc<Mutex<State>>,
+    /// The origin of [`RequestRecord::at`].
+    started: ClockInstant,
 }
 
 impl Default for SimWorld {
@@ -195,6 +259,7 @@ impl SimWorld {
         };
         Self {
             state: Arc::new(Mutex::new(state)),
+            started: ClockInstant::now(),
         }
     }
 
@@ -268,8 +333,18 @@ impl SimWorld {
         self.lock().faults.clear();
     }
 
+    /// Adds `latency` to every request that reaches a group.
     pub fn set_latency(&self, latency: Duration) {
-        self.lock().latency = latency;
+        self.set_latency_between(latency, latency);
+    }
+
+    /// Adds to every request that reaches a group a latency drawn uniformly from
+    /// `[min, max]` (`max` below `min` counts as `min`).
+    pub fn set_latency_between(&self, min: Duration, max: Duration) {
+        self.lock().latency = Latency {
+            min,
+            max: max.max(min),
+        };
     }
 
     pub fn stats(&self) -> Stats {
@@ -300,12 +375,40 @@ impl SimWorld {
         self.lock()
             .request_log
             .iter()
-            .filter(|(r, _)| route_matches(route, r))
-            .map(|(_, t)| *t)
+            .filter(|r| route_matches(route, &r.route))
+            .map(|r| r.at.into_std())
             .collect()
     }
 
-    /// Resets counters (not sessions, groups or codes).
+    /// Every request in the log (the most recent [`REQUEST_LOG_LEN`]), oldest first.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.lock()
+            .request_log
+            .iter()
+            .map(|r| RequestRecord {
+                route: r.route.clone(),
+                op: r.op,
+                session: r.session.clone(),
+                group: r.group.clone(),
+                at: r.at.saturating_duration_since(self.started),
+            })
+            .collect()
+    }
+
+    /// The most requests of `session` in the log whose arrivals lie within one half-open
+    /// window `[t, t + period)`, over every `t` (see [`busiest_window`]).
+    pub fn busiest_window(&self, session: &str, period: Duration) -> usize {
+        let arrivals: Vec<Duration> = self
+            .lock()
+            .request_log
+            .iter()
+            .filter(|r| r.session == session)
+            .map(|r| r.at.saturating_duration_since(self.started))
+            .collect();
+        busiest_window(&arrivals, period)
+    }
+
+    /// Resets counters and the request log (not sessions, groups or codes).
     pub fn reset_stats(&self) {
         let mut st = self.lock();
         st.route_counts.clear();
@@ -335,7 +438,13 @@ impl SimWorld {
             if st.request_log.len() >= REQUEST_LOG_LEN {
                 st.request_log.pop_front();
             }
-            st.request_log.push_back((route.to_owned(), now));
+            st.request_log.push_back(Logged {
+                route: route.to_owned(),
+                op,
+                session: session.to_owned(),
+                group: group.to_owned(),
+                at: ClockInstant::now(),
+            });
             let window = st.session_requests.entry(session.to_owned()).or_default();
             window.push_back(now);
             while window
@@ -404,7 +513,7 @@ impl SimWorld {
             g.max_in_flight = g.max_in_flight.max(g.in_flight);
             st.in_flight_total += 1;
             st.max_in_flight_total = st.max_in_flight_total.max(st.in_flight_total);
-            st.latency
+            st.latency.sample()
         };
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;

@@ -1,5 +1,6 @@
 //! The control API under `/_control`: JSON endpoints that shape the world (sessions,
-//! groups, faults, latency) and read its counters, for tests and demos.
+//! groups, faults, latency) and read its counters and request log, for tests, demos and
+//! benchmarks.
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/latency", post(control_latency))
         .route("/auto_create", post(control_auto_create))
         .route("/stats", get(control_stats))
+        .route("/requests", get(control_requests))
         .route("/stats/reset", post(control_reset_stats))
 }
 
@@ -39,9 +41,18 @@ struct GroupKey {
     group: String,
 }
 
+/// `ms` alone: a fixed latency; with `max_ms`: uniform in `[ms, max_ms]`.
 #[derive(Deserialize)]
 struct Latency {
     ms: u64,
+    #[serde(default)]
+    max_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RequestsQuery {
+    #[serde(default)]
+    session: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -104,7 +115,12 @@ async fn control_clear_faults(State(st): State<AppState>) -> Response {
 }
 
 async fn control_latency(State(st): State<AppState>, Json(l): Json<Latency>) -> Response {
-    st.world.set_latency(Duration::from_millis(l.ms));
+    let max = l.max_ms.unwrap_or(l.ms);
+    if max < l.ms {
+        return control_error(StatusCode::BAD_REQUEST, "max_ms must be at least ms");
+    }
+    st.world
+        .set_latency_between(Duration::from_millis(l.ms), Duration::from_millis(max));
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -115,6 +131,27 @@ async fn control_auto_create(State(st): State<AppState>, Json(a): Json<AutoCreat
 
 async fn control_stats(State(st): State<AppState>) -> Response {
     Json(st.world.stats()).into_response()
+}
+
+/// The request log, oldest first, optionally of one session; `at_ms` is the arrival in
+/// milliseconds since the world started.
+async fn control_requests(State(st): State<AppState>, Query(q): Query<RequestsQuery>) -> Response {
+    let requests: Vec<Value> = st
+        .world
+        .requests()
+        .into_iter()
+        .filter(|r| q.session.as_deref().is_none_or(|s| s == r.session))
+        .map(|r| {
+            json!({
+                "route": r.route,
+                "op": r.op.as_str(),
+                "session": r.session,
+                "group": r.group,
+                "at_ms": r.at.as_secs_f64() * 1000.0,
+            })
+        })
+        .collect();
+    Json(json!({ "requests": requests })).into_response()
 }
 
 async fn control_reset_stats(State(st): State<AppState>) -> Response {

@@ -104,6 +104,21 @@ impl Sim {
             .expect("stats json")
     }
 
+    /// The request log (`GET /_control/requests`), of one session when given.
+    pub(crate) async fn requests(&self, session: Option<&str>) -> Vec<Value> {
+        let filter = session.map_or(String::new(), |s| format!("?session={}", enc(s)));
+        let body: Value = self
+            .client
+            .get(format!("{}/_control/requests{filter}", self.base))
+            .send()
+            .await
+            .expect("requests")
+            .json()
+            .await
+            .expect("requests json");
+        body["requests"].as_array().expect("requests array").clone()
+    }
+
     pub(crate) async fn peek(&self, session: &str, group: &str) -> String {
         let url = format!(
             "{}/_control/groups/link?session={}&group={}",
