@@ -12,44 +12,34 @@
 //! `BENCH_WORKER` (another worker build), `BENCH_CEILING_ACKS=folded` (a diagnostic: the
 //! ceiling folds its acks as the worker does, instead of acking each message).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::{
     collections::HashMap,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use futures::StreamExt;
 use invite_worker::{
-    broker::{Topology, declare},
-    config::QueueType,
+    broker::Topology,
+    domain::{CommandType, command::CommandSpec},
     worker::acks::Acks,
 };
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
+    BasicProperties,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
+        ConfirmSelectOptions,
     },
     types::FieldTable,
 };
-use sea_orm::{ConnectionTrait, Database};
-use uuid::Uuid;
+use sea_orm::ConnectionTrait;
 
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn skip(name: &str) -> bool {
-    std::env::var("BENCH_SKIP").is_ok_and(|s| s.split(',').any(|x| x.trim() == name))
-}
+use support::{
+    BenchDb, EventSink, Process, channel, cleanup, declare_topology, env_usize, new_topology, sink,
+    skip, topo_prefix, worker_command,
+};
 
 struct Report {
     name: String,
@@ -66,135 +56,32 @@ struct Report {
     note: String,
 }
 
-async fn channel() -> (Connection, Channel) {
-    let conn = Connection::connect(AMQP, ConnectionProperties::default())
-        .await
-        .expect("amqp");
-    let ch = conn.create_channel().await.expect("channel");
-    (conn, ch)
-}
-
 /// Distinct groups the commands are spread over (`BENCH_GROUPS`, default 2000). The
 /// in-process simulator keeps state per group, which counts in the worker's RSS.
 fn groups() -> usize {
     env_usize("BENCH_GROUPS", 2000).max(1)
 }
 
-fn command_body(i: usize, id: Uuid) -> Vec<u8> {
+fn command(i: usize) -> CommandSpec {
     let g = i % groups();
-    serde_json::to_vec(&serde_json::json!({
-        "command_id": id.to_string(),
-        "type": "revoke_invite",
-        "session_id": format!("bench-{}", g % 50),
-        "group_id": format!("120363{:012}@g.us", g),
-    }))
-    .unwrap()
+    CommandSpec {
+        kind: CommandType::RevokeInvite,
+        session: format!("bench-{}", g % 50),
+        group: format!("120363{:012}@g.us", g),
+        backend: None,
+        reason: None,
+        requested_by: None,
+        command_id: None,
+    }
 }
 
 /// Publishes `n` commands pipelined with confirms; returns publish instants by id.
 async fn publish_commands(topo: &Topology, n: usize) -> HashMap<String, Instant> {
-    let (conn, ch) = channel().await;
-    ch.confirm_select(ConfirmSelectOptions::default())
+    support::publish(topo, (0..n).map(command))
         .await
-        .unwrap();
-    let mut sent = HashMap::with_capacity(n);
-    let mut pending = Vec::new();
-    for i in 0..n {
-        let id = Uuid::new_v4();
-        sent.insert(id.to_string(), Instant::now());
-        let c = ch
-            .basic_publish(
-                topo.commands_exchange().as_str().into(),
-                "command.revoke_invite".into(),
-                BasicPublishOptions::default(),
-                &command_body(i, id),
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
-            )
-            .await
-            .unwrap();
-        pending.push(c);
-        if pending.len() >= 1000 {
-            for c in pending.drain(..) {
-                assert!(c.await.unwrap().is_ack());
-            }
-        }
-    }
-    for c in pending {
-        assert!(c.await.unwrap().is_ack());
-    }
-    let _ = conn.close(200, "OK".into()).await;
-    sent
-}
-
-/// Collects `invite_link.rotated` arrival instants by command_id.
-struct EventSink {
-    arrivals: Arc<Mutex<HashMap<String, Instant>>>,
-    _conn: Connection,
-}
-
-async fn sink(topo: &Topology) -> EventSink {
-    let (conn, ch) = channel().await;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    ch.queue_bind(
-        q.name().clone(),
-        topo.events_exchange().as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let arrivals = Arc::new(Mutex::new(HashMap::new()));
-    let a = arrivals.clone();
-    tokio::spawn(async move {
-        while let Some(Ok(d)) = consumer.next().await {
-            let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
-            if let Some(id) = v["command_id"].as_str() {
-                a.lock().unwrap().insert(id.to_owned(), Instant::now());
-            }
-        }
-    });
-    EventSink {
-        arrivals,
-        _conn: conn,
-    }
-}
-
-impl EventSink {
-    async fn wait_for(&self, n: usize, limit: Duration) -> bool {
-        let end = Instant::now() + limit;
-        while self.arrivals.lock().unwrap().len() < n {
-            if Instant::now() > end {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        true
-    }
+        .into_iter()
+        .map(|(id, at)| (id.to_string(), at))
+        .collect()
 }
 
 fn rss_kib(pid: u32, field: &str) -> Option<u64> {
@@ -208,9 +95,7 @@ fn rss_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-struct WorkerProcess {
-    child: Child,
-}
+struct WorkerProcess(Process);
 
 impl WorkerProcess {
     fn spawn(
@@ -220,67 +105,43 @@ impl WorkerProcess {
         latency_ms: u64,
         read_before_reset: bool,
     ) -> Self {
-        // `BENCH_WORKER` runs another build of the worker (for A/B comparisons).
-        let bin = std::env::var_os("BENCH_WORKER")
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_invite-worker").into());
-        let mut cmd = Command::new(bin);
-        cmd.arg("run")
-            .env("INVITE_WORKER__AMQP__NAME_PREFIX", prefix)
-            .env("INVITE_WORKER__AMQP__PREFETCH", prefetch.to_string())
-            .env("INVITE_WORKER__DATABASE__URL", db_url)
+        let mut env = vec![
+            ("INVITE_WORKER__AMQP__PREFETCH", prefetch.to_string()),
             // `BENCH_WORKER_HTTP` (an address) serves the worker's metrics during the run.
-            .env(
+            (
                 "INVITE_WORKER__HTTP__LISTEN",
                 std::env::var("BENCH_WORKER_HTTP").unwrap_or_default(),
-            )
-            .env("INVITE_WORKER__ROTATION__ENABLED", "false")
-            .env("INVITE_WORKER__LOG__FILTER", "warn")
-            .env(
+            ),
+            (
                 "INVITE_WORKER__BACKENDS__SIM__READ_BEFORE_RESET",
                 read_before_reset.to_string(),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            ),
+        ];
         if latency_ms > 0 {
-            cmd.env(
+            env.push((
                 "INVITE_WORKER__BACKENDS__SIM__LATENCY",
                 format!("{latency_ms}ms"),
-            );
+            ));
         }
-        Self {
-            child: cmd.spawn().expect("spawn worker"),
-        }
+        Self(Process::spawn(worker_command(
+            &["run"],
+            prefix,
+            db_url,
+            &env,
+        )))
     }
 
     fn peak_rss_mib(&self) -> Option<f64> {
-        rss_kib(self.child.id(), "VmHWM:").map(|k| k as f64 / 1024.0)
+        rss_kib(self.0.id(), "VmHWM:").map(|k| k as f64 / 1024.0)
     }
 
     fn rss_mib(&self) -> Option<f64> {
-        rss_kib(self.child.id(), "VmRSS:").map(|k| k as f64 / 1024.0)
+        rss_kib(self.0.id(), "VmRSS:").map(|k| k as f64 / 1024.0)
     }
 
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+    fn stop(self) {
+        self.0.stop();
     }
-}
-
-async fn cleanup(topo: &Topology) {
-    let (conn, ch) = channel().await;
-    for q in topo.queues() {
-        let _ = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for e in topo.exchanges() {
-        let _ = ch
-            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-    let _ = conn.close(200, "OK".into()).await;
 }
 
 /// The event rate between the 10 % and the 90 % of `arrivals`.
@@ -298,65 +159,6 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     }
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     Some(sorted[idx])
-}
-
-struct Database_ {
-    url: String,
-    pg_name: Option<String>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-async fn database(kind: &str) -> Database_ {
-    if kind == "sqlite" {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("bench.db").display()
-        );
-        Database_ {
-            url,
-            pg_name: None,
-            _dir: Some(dir),
-        }
-    } else {
-        let name = format!("iw_bench_{}", &Uuid::new_v4().simple().to_string()[..8]);
-        let admin = Database::connect(PG_ADMIN).await.unwrap();
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let _ = admin.close().await;
-        Database_ {
-            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
-            pg_name: Some(name),
-            _dir: None,
-        }
-    }
-}
-
-impl Database_ {
-    async fn drop_it(self) {
-        if let Some(name) = self.pg_name {
-            let admin = Database::connect(PG_ADMIN).await.unwrap();
-            let _ = admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
-            let _ = admin.close().await;
-        }
-    }
-}
-
-fn new_topology() -> Topology {
-    Topology::new(&format!(
-        "bench-{}.",
-        &Uuid::new_v4().simple().to_string()[..8]
-    ))
-}
-
-async fn declare_topology(topo: &Topology) {
-    let (conn, ch) = channel().await;
-    declare(&ch, topo, QueueType::Quorum).await.unwrap();
-    let _ = conn.close(200, "OK".into()).await;
 }
 
 /// The broker's ceiling for the worker's message pattern, without database or backend.
@@ -504,7 +306,7 @@ async fn worker_run(
 ) -> Report {
     let topo = new_topology();
     declare_topology(&topo).await;
-    let db = database(db_kind).await;
+    let db = BenchDb::new(db_kind).await;
     let sink = sink(&topo).await;
     let worker = WorkerProcess::spawn(
         &topo_prefix(&topo),
@@ -535,12 +337,6 @@ async fn worker_run(
     report
 }
 
-fn topo_prefix(topo: &Topology) -> String {
-    topo.commands_queue()
-        .trim_end_matches("invite_link.commands")
-        .to_owned()
-}
-
 async fn warm_up(topo: &Topology, sink: &EventSink) {
     let _ = publish_commands(topo, 1).await;
     assert!(
@@ -552,7 +348,7 @@ async fn warm_up(topo: &Topology, sink: &EventSink) {
 async fn backlog(n: usize, prefetch: u16) -> Report {
     let topo = new_topology();
     declare_topology(&topo).await;
-    let db = database("postgres").await;
+    let db = BenchDb::new("postgres").await;
     let sink = sink(&topo).await;
     let _ = publish_commands(&topo, n).await;
     let worker = WorkerProcess::spawn(&topo_prefix(&topo), &db.url, prefetch, 0, false);
@@ -610,7 +406,7 @@ async fn backlog(n: usize, prefetch: u16) -> Report {
 /// scheduler's claim of every due link (batches of 1000, as `Scheduler::scan` does) and
 /// the due-count query; publishing the commands is not included.
 async fn scan_at_scale() {
-    let db = database("postgres").await;
+    let db = BenchDb::new("postgres").await;
     let store = invite_worker::store::Store::connect(&db.url, 4)
         .await
         .unwrap();
