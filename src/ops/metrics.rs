@@ -99,6 +99,11 @@ fn describe() {
         "Commands waiting in the database (all processes)"
     );
     describe_gauge!(
+        "invite_worker_rotations_late",
+        "Due links of a session that would expire before their rotation at \
+         rotation.rate_share of its rate"
+    );
+    describe_gauge!(
         "invite_worker_live_replicas",
         "Worker processes with a recent heartbeat on the database (PostgreSQL)"
     );
@@ -208,6 +213,15 @@ pub(crate) fn released() {
 
 pub(crate) fn deferred_waiting(n: u64) {
     gauge!("invite_worker_deferred_commands").set(n as f64);
+}
+
+pub(crate) fn rotations_late(backend: &str, session: &str, n: usize) {
+    gauge!(
+        "invite_worker_rotations_late",
+        "backend" => backend.to_owned(),
+        "session" => session.to_owned()
+    )
+    .set(n as f64);
 }
 
 pub(crate) fn live_replicas(n: u32) {

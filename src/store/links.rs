@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use entity::{history, link};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, Statement, sea_query::Expr,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Statement, sea_query::Expr,
 };
 
 use super::{
@@ -111,6 +111,30 @@ impl Store {
             .exec(&self.fast)
             .await?;
         Ok(())
+    }
+
+    /// The expiry of every link due by `due` (at most `limit`), by backend, session and
+    /// expiry: what the scheduler checks against each session's rotation rate.
+    pub async fn due_expiries(
+        &self,
+        due: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<(String, String, DateTime<Utc>)>, StoreError> {
+        Ok(link::Entity::find()
+            .select_only()
+            .columns([
+                link::Column::Backend,
+                link::Column::SessionId,
+                link::Column::ExpiresAt,
+            ])
+            .filter(link::Column::ExpiresAt.lte(due))
+            .order_by_asc(link::Column::Backend)
+            .order_by_asc(link::Column::SessionId)
+            .order_by_asc(link::Column::ExpiresAt)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.fast)
+            .await?)
     }
 
     pub async fn count_links_due(&self, due: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::{
     Worker,
     acks::Acks,
-    pipeline::{Disposition, Pipeline},
+    pipeline::{Arrival, Disposition, Pipeline},
     retry::infra_backoff,
 };
 use crate::{
@@ -96,6 +96,9 @@ impl Worker {
                     _ = ticker.tick() => self.health.tick(),
                     next = consumer.next() => match next {
                         Some(Ok(delivery)) => {
+                            let arrived_at = chrono::Utc::now();
+                            // In delivery order, before the deliveries run concurrently.
+                            let arrival = self.pipeline.arrival(&delivery.data);
                             self.health.tick();
                             // All slots can stay busy for long (a database outage, or
                             // deliveries of a lost channel): keep reporting liveness,
@@ -121,7 +124,8 @@ impl Worker {
                             let acks = acks.clone();
                             in_flight.spawn(async move {
                                 m::in_flight(1.0);
-                                handle(&pipeline, &publisher, &acks, delivery).await;
+                                let arrived = (arrived_at, arrival);
+                                handle(&pipeline, &publisher, &acks, delivery, arrived).await;
                                 m::in_flight(-1.0);
                                 drop(permit);
                             });
@@ -156,9 +160,18 @@ fn origin(delivery: &Delivery) -> Vec<(String, String)> {
 /// Settles one delivery: process, then ack (after publishing a dead-letter copy when the
 /// command cannot be stored). A delivery that cannot be settled (shutdown) is left
 /// unacked and returns to the queue when the channel closes.
-async fn handle(pipeline: &Pipeline, publisher: &Publisher, acks: &Acks, delivery: Delivery) {
+async fn handle(
+    pipeline: &Pipeline,
+    publisher: &Publisher,
+    acks: &Acks,
+    delivery: Delivery,
+    (arrived_at, arrival): (chrono::DateTime<chrono::Utc>, Option<Arrival>),
+) {
     let origin = origin(&delivery);
-    let disposition = match pipeline.process(&delivery.data, &origin, None).await {
+    let disposition = match pipeline
+        .process(&delivery.data, &origin, arrived_at, arrival.as_ref(), None)
+        .await
+    {
         Ok(d) => d,
         Err(_) => {
             debug!("interrupted; leaving the delivery unacknowledged");

@@ -123,6 +123,7 @@ impl Worker {
             lanes: Lanes::default(),
             relay_wakeup: Arc::new(Notify::new()),
             release_wakeup: Arc::new(Notify::new()),
+            arrivals: Default::default(),
             abort: CancellationToken::new(),
         });
         Ok(Self {

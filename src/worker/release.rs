@@ -200,7 +200,10 @@ impl Releaser {
     async fn release(&self, row: entity::deferred_command::Model, ticket: Ticket) {
         let pipeline = &self.pipeline;
         let origin = origin_of(&row);
-        let settled = match pipeline.process(&row.body, &origin, Some(ticket)).await {
+        let outcome = pipeline
+            .process(&row.body, &origin, row.received_at, None, Some(ticket))
+            .await;
+        let settled = match outcome {
             Ok(Disposition::Ack) => true,
             Ok(Disposition::Deferred) => false,
             Ok(Disposition::DeadLetter(reason)) => {

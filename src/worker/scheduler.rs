@@ -3,7 +3,7 @@
 //! ids are UUIDv5 of (backend, session, group, expires_at), so however many replicas scan
 //! and however often, one expiry yields one rotation (the inbox absorbs duplicates).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,7 @@ use crate::{
     },
     ops::metrics as m,
     store::{Store, StoreError},
+    worker::pacing::Grid,
 };
 
 /// Namespace of scheduled command ids.
@@ -57,11 +58,49 @@ pub enum ScanError {
     Refused,
 }
 
+/// Due links looked at per scan when checking that every session's rotations fit.
+const FIT_CHECK_LIMIT: u64 = 100_000;
+
+/// Rotations of one session that cannot all happen before their links expire.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Shortfall {
+    /// Links due.
+    pub due: usize,
+    /// Of those, how many would expire before their rotation.
+    pub late: usize,
+}
+
+/// Whether rotations one `interval` apart from `now` reach each of `expiries` (sorted)
+/// before it: the k-th (from 1) happens `k` intervals from now at the latest.
+pub fn shortfall(
+    expiries: &[DateTime<Utc>],
+    now: DateTime<Utc>,
+    interval: Duration,
+) -> Option<Shortfall> {
+    let step = chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX);
+    let mut at = now;
+    let late = expiries
+        .iter()
+        .filter(|e| {
+            at = at
+                .checked_add_signed(step)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            at > **e
+        })
+        .count();
+    (late > 0).then_some(Shortfall {
+        due: expiries.len(),
+        late,
+    })
+}
+
 pub struct Scheduler {
     store: Store,
     publisher: Arc<Publisher>,
     topology: Topology,
     settings: Arc<Settings>,
+    /// Sessions found short at the last check (their gauge goes back to 0 once they fit).
+    short: std::sync::Mutex<HashSet<(String, String)>>,
 }
 
 impl Scheduler {
@@ -76,6 +115,7 @@ impl Scheduler {
             publisher,
             topology,
             settings,
+            short: Default::default(),
         }
     }
 
@@ -134,7 +174,45 @@ impl Scheduler {
         if let Ok(n) = self.store.count_links_due(due).await {
             m::links_due(n);
         }
+        self.check_fit(now, due).await?;
         Ok(published)
+    }
+
+    /// Rotations use at most `rotation.rate_share` of each session's rate: says (metric
+    /// and warning, with the numbers) which sessions' due links cannot all be rotated
+    /// before they expire at that pace.
+    async fn check_fit(&self, now: DateTime<Utc>, due: DateTime<Utc>) -> Result<(), ScanError> {
+        let expiries = self.store.due_expiries(due, FIT_CHECK_LIMIT).await?;
+        let mut short = HashSet::new();
+        for group in expiries.chunk_by(|a, b| (&a.0, &a.1) == (&b.0, &b.1)) {
+            let (backend, session) = (&group[0].0, &group[0].1);
+            let Some(b) = self.settings.backends.get(backend) else {
+                continue;
+            };
+            let grid = Grid::new(b.rate_limit(), self.settings.rotation.rate_share);
+            let times: Vec<DateTime<Utc>> = group.iter().map(|(_, _, e)| *e).collect();
+            let Some(s) = shortfall(&times, now, grid.rotation_interval) else {
+                continue;
+            };
+            warn!(
+                backend = %backend,
+                session = %session,
+                due = s.due,
+                late = s.late,
+                rotations_per_minute = 60.0 / grid.rotation_interval.as_secs_f64(),
+                earliest_expiry = %rfc3339(times[0]),
+                "due links cannot all be rotated before they expire at rotation.rate_share \
+                 of the session's rate: raise rotation.lead or rotation.rate_share"
+            );
+            m::rotations_late(backend, session, s.late);
+            short.insert((backend.clone(), session.clone()));
+        }
+        let mut before = self.short.lock().unwrap_or_else(|p| p.into_inner());
+        for (backend, session) in before.difference(&short) {
+            m::rotations_late(backend, session, 0);
+        }
+        *before = short;
+        Ok(())
     }
 
     pub async fn run(self, stop: CancellationToken) {
@@ -157,6 +235,30 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotations_fit_when_each_comes_before_its_expiry() {
+        let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let minutes = |m: i64| now + chrono::Duration::minutes(m);
+        let every_minute = Duration::from_secs(60);
+        assert_eq!(
+            shortfall(&[minutes(1), minutes(2), minutes(3)], now, every_minute),
+            None
+        );
+        // Three due within two minutes: the third rotation comes a minute late.
+        assert_eq!(
+            shortfall(&[minutes(1), minutes(2), minutes(2)], now, every_minute),
+            Some(Shortfall { due: 3, late: 1 })
+        );
+        // Already expired: late however fast.
+        assert_eq!(
+            shortfall(&[minutes(-1)], now, Duration::from_millis(1)),
+            Some(Shortfall { due: 1, late: 1 })
+        );
+        assert_eq!(shortfall(&[], now, every_minute), None);
+    }
 
     #[test]
     fn command_id_is_deterministic_per_expiry() {

@@ -1,6 +1,7 @@
 //! Retries (docs/contract.md §6.5): transient errors are retried with backoff and `Retry-After`,
-//! long waits park the command in a delay queue, permanent errors and exhausted budgets
-//! fail the command with an event and a dead letter.
+//! long waits hold the command in the database (not in a consumer slot) until its due
+//! time, permanent errors and exhausted budgets fail the command with an event and a
+//! dead letter.
 
 use std::time::Duration;
 
@@ -97,10 +98,33 @@ async fn retry_after_is_honoured_before_the_next_attempt() {
     worker.stop().await;
 }
 
-/// With one consumer slot, a command waiting 3 s for its retry must not block a command
-/// sent after it: the waiting one sits in a delay queue, not in the slot.
+/// A wait longer than `retry.max_inline_wait` ends at its due time: a 429 asking for 3 s
+/// is retried 3 s later, not rounded up (the delay queues it replaced would have waited
+/// 5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_retry_wait_parks_the_command_and_frees_its_slot() {
+async fn a_long_retry_after_is_retried_at_its_due_time() {
+    let env = TestEnv::new(Db::Sqlite).await;
+    env.world.add_fault(fault("*.reset", 1, 429, Some(3)));
+    let mut events = env.tap_events().await;
+    let worker = env.start_worker().await;
+    let id = env.send(&[revoke("sales", &group(5))]).await[0];
+
+    let got = events.until_command(id, WAIT).await;
+    assert_eq!(got.last().unwrap().1["attempts"], 2);
+    let resets = env.world.request_times("simulator.reset");
+    assert_eq!(resets.len(), 2);
+    let gap = resets[1] - resets[0];
+    assert!(
+        gap >= Duration::from_secs(3) && gap < Duration::from_secs(4),
+        "second attempt {gap:?} after a 429 with Retry-After: 3"
+    );
+    worker.stop().await;
+}
+
+/// With one consumer slot, a command waiting 3 s for its retry must not block a command
+/// sent after it: the waiting one waits in the database, not in the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_retry_wait_frees_the_consumer_slot() {
     let env = TestEnv::new(Db::Sqlite).await;
     let mut settings = env.settings.clone();
     settings.amqp.prefetch = 1;
@@ -212,10 +236,10 @@ async fn exhausted_retries_fail_as_backend_unavailable_with_a_dead_letter(db: Db
     worker.stop().await;
 }
 
-/// Every retry here waits 3 s (Retry-After), so each goes through a delay queue and comes
-/// back as a new delivery: the budget still ends after exactly `max_attempts` resets.
+/// Every retry here waits 3 s (Retry-After), so each waits in the database and runs
+/// again from there: the budget still ends after exactly `max_attempts` resets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_attempt_count_survives_parking_and_redelivery() {
+async fn the_attempt_count_survives_waiting_in_the_database() {
     let env = TestEnv::new(Db::Postgres).await;
     let mut settings = env.settings.clone();
     settings.retry.max_attempts = 3;

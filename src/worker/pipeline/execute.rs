@@ -65,7 +65,7 @@ impl Pipeline {
         // `row` was read before the lease was taken: another process may finish the same
         // command meanwhile. The conditional updates in `mark_executing` and `complete`
         // catch that, so no extra read is needed here.
-        let mut slots = Slots::new(ticket);
+        let mut slots = Slots::new(ticket, received.arrival);
         let stored = proceed!(
             self.read_stored(cmd, received, &row, &mut slots, receipt)
                 .await
@@ -74,6 +74,7 @@ impl Pipeline {
             cmd,
             body: received.body,
             origin: received.origin,
+            arrived_at: received.arrived_at,
             started_at: row.received_at,
             link: stored.link,
             lease,
@@ -102,7 +103,7 @@ impl Pipeline {
         cmd: &Command,
         received: Received<'_>,
         row: &entity::command::Model,
-        slots: &mut Slots,
+        slots: &mut Slots<'_>,
         receipt: Receipt,
     ) -> Step<Stored> {
         if let Receipt::FirstAttempt(link) = receipt {
@@ -183,7 +184,7 @@ impl Pipeline {
         ctx: &Ctx<'_>,
         entry: &BackendEntry,
         row: &entity::command::Model,
-        slots: &mut Slots,
+        slots: &mut Slots<'_>,
         attempt_recorded: bool,
         now: DateTime<Utc>,
     ) -> Step<Plan> {
@@ -261,7 +262,7 @@ impl Pipeline {
         ctx: &Ctx<'_>,
         entry: &BackendEntry,
         row: &entity::command::Model,
-        slots: &mut Slots,
+        slots: &mut Slots<'_>,
         mut plan: Plan,
     ) -> Result<Disposition, Unsettled> {
         let cmd = ctx.cmd;

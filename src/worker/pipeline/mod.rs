@@ -5,6 +5,7 @@
 //! [`run`] takes a command up to its group lease, [`execute`] runs it under the lease,
 //! [`finish`] commits its outcome; [`reject`] settles a message that is no command.
 
+mod arrivals;
 mod execute;
 mod finish;
 mod reject;
@@ -17,6 +18,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
+pub(super) use self::arrivals::{Arrival, Arrivals};
 use super::{
     lanes::{Lanes, Lease},
     pacing::{Class, Pacer, Ticket},
@@ -113,6 +115,11 @@ const POISON_AFTER: u32 = 5;
 struct Received<'a> {
     body: &'a [u8],
     origin: &'a [(String, String)],
+    /// When the command first reached a worker: its place among its session's deferred
+    /// commands of the same priority (first come, first served).
+    arrived_at: chrono::DateTime<Utc>,
+    /// A delivery's place among its session's deliveries waiting for a first slot.
+    arrival: Option<&'a Arrival>,
 }
 
 /// One command under its group lease.
@@ -120,6 +127,7 @@ struct Ctx<'a> {
     cmd: &'a Command,
     body: &'a [u8],
     origin: &'a [(String, String)],
+    arrived_at: chrono::DateTime<Utc>,
     started_at: chrono::DateTime<Utc>,
     link: Option<entity::link::Model>,
     lease: &'a Lease,
@@ -130,6 +138,8 @@ impl Ctx<'_> {
         Received {
             body: self.body,
             origin: self.origin,
+            arrived_at: self.arrived_at,
+            arrival: None,
         }
     }
 }
@@ -156,6 +166,8 @@ pub(super) struct Pipeline {
     pub relay_wakeup: Arc<tokio::sync::Notify>,
     /// Woken when a command was deferred (see [`super::release`]).
     pub release_wakeup: Arc<tokio::sync::Notify>,
+    /// Deliveries not past their first slot yet, per session, in arrival order.
+    pub arrivals: Arc<Arrivals>,
     /// Cancelled when in-flight work must give up (after the shutdown grace).
     pub abort: CancellationToken,
 }
@@ -249,8 +261,14 @@ impl Pipeline {
             session_id: cmd.session.as_str().to_owned(),
             lane: store::GroupKey::of(cmd).lane(),
             priority: Class::of(cmd.kind).priority(),
-            due_at: now + chrono::Duration::from_std(due_in).unwrap_or(chrono::Duration::MAX),
-            received_at: now,
+            // Due at once: due since it arrived, so that a session's backlog keeps its
+            // order of arrival whatever order its deferrals were written in.
+            due_at: if due_in.is_zero() {
+                received.arrived_at.min(now)
+            } else {
+                now + chrono::Duration::from_std(due_in).unwrap_or(chrono::Duration::MAX)
+            },
+            received_at: received.arrived_at,
             body: received.body.to_vec(),
             origin: received.origin.to_vec(),
             release_lease,
@@ -264,17 +282,35 @@ impl Pipeline {
         Ok(Disposition::Deferred)
     }
 
+    /// Registers a delivery among its session's arrivals, in the order deliveries come
+    /// (call it before processing them concurrently); `None` for a message that is no
+    /// valid command.
+    pub(super) fn arrival(&self, body: &[u8]) -> Option<Arrival> {
+        let cmd = command::parse(body, self).ok()?;
+        Some(self.arrivals.register(&cmd.backend, cmd.session.as_str()))
+    }
+
     /// Settles one message body: a delivery's, or (with `first`, the slot its session's
     /// releaser took for it) a deferred command's, now due.
     /// `origin`: the delivery's headers a dead-lettered copy keeps
-    /// ([`crate::domain::events::origin_headers`]).
+    /// ([`crate::domain::events::origin_headers`]); `arrived_at`: when the command first
+    /// reached a worker; `arrival`: a delivery's place among its session's arrivals (see
+    /// [`Pipeline::arrival`]).
     pub(super) async fn process(
         &self,
         body: &[u8],
         origin: &[(String, String)],
+        arrived_at: chrono::DateTime<Utc>,
+        arrival: Option<&Arrival>,
         first: Option<Ticket>,
     ) -> Result<Disposition, Interrupted> {
-        match self.process_inner(body, origin, first).await {
+        let received = Received {
+            body,
+            origin,
+            arrived_at,
+            arrival,
+        };
+        match self.process_inner(received, first).await {
             Ok(d) => Ok(d),
             Err(Unsettled::Interrupted) => Err(Interrupted),
             Err(Unsettled::Poison(reason)) => {
@@ -287,12 +323,14 @@ impl Pipeline {
 
     async fn process_inner(
         &self,
-        body: &[u8],
-        origin: &[(String, String)],
+        received: Received<'_>,
         first: Option<Ticket>,
     ) -> Result<Disposition, Unsettled> {
-        match command::parse(body, self) {
-            Err(rejection) => self.reject(&rejection, body, origin).await,
+        match command::parse(received.body, self) {
+            Err(rejection) => {
+                self.reject(&rejection, received.body, received.origin)
+                    .await
+            }
             Ok(cmd) => {
                 let span = info_span!(
                     "command",
@@ -304,7 +342,6 @@ impl Pipeline {
                     attempt = tracing::field::Empty,
                 );
                 let started = std::time::Instant::now();
-                let received = Received { body, origin };
                 let result = self.run(&cmd, received, first).instrument(span).await;
                 m::command_duration(cmd.kind, started.elapsed());
                 result

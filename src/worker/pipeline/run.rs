@@ -53,7 +53,7 @@ impl Pipeline {
         let first = match first {
             Some(ticket) => Some(ticket),
             None if self.first_attempt_with_receipt(cmd) => {
-                match self.take_first_slot(cmd).await? {
+                match self.take_first_slot(cmd, received).await? {
                     Some(ticket) => Some(ticket),
                     None => return self.defer(cmd, received, Duration::ZERO, false).await,
                 }
@@ -98,9 +98,13 @@ impl Pipeline {
     /// The slot of a delivery's first request, taken only if it comes soon and no
     /// deferred command of the session waits for one; `None`: the command waits in the
     /// database instead.
-    async fn take_first_slot(&self, cmd: &Command) -> Result<Option<Ticket>, Unsettled> {
+    async fn take_first_slot(
+        &self,
+        cmd: &Command,
+        received: Received<'_>,
+    ) -> Result<Option<Ticket>, Unsettled> {
         match self.backends.get(&cmd.backend) {
-            Some(entry) => self.inline_slot(entry, cmd).await,
+            Some(entry) => self.inline_slot(entry, cmd, received.arrival).await,
             None => Ok(None),
         }
     }

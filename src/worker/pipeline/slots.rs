@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::{BackendEntry, Pipeline, Unsettled};
+use super::{Arrival, BackendEntry, Pipeline, Unsettled};
 use crate::{
     domain::Command,
     worker::pacing::{Class, Slot, Ticket},
@@ -17,17 +17,19 @@ use crate::{
 const INLINE_LOOKAHEAD: Duration = Duration::from_millis(250);
 
 /// The slots of one run: a slot taken before the run started goes to its first request.
-pub(super) struct Slots {
+pub(super) struct Slots<'a> {
     first: Option<Ticket>,
     /// The first request has no slot yet and may take one only if it comes soon.
     inline: bool,
+    arrival: Option<&'a Arrival>,
 }
 
-impl Slots {
-    pub(super) fn new(first: Option<Ticket>) -> Self {
+impl<'a> Slots<'a> {
+    pub(super) fn new(first: Option<Ticket>, arrival: Option<&'a Arrival>) -> Self {
         Self {
             inline: first.is_none(),
             first,
+            arrival,
         }
     }
 
@@ -41,7 +43,7 @@ impl Pipeline {
     /// The next request's slot; `None`: the command must wait in the database for one.
     pub(super) async fn next_slot(
         &self,
-        slots: &mut Slots,
+        slots: &mut Slots<'_>,
         entry: &BackendEntry,
         cmd: &Command,
     ) -> Result<Option<Ticket>, Unsettled> {
@@ -50,18 +52,28 @@ impl Pipeline {
             return Ok(Some(ticket));
         }
         if std::mem::take(&mut slots.inline) {
-            return self.inline_slot(entry, cmd).await;
+            return self.inline_slot(entry, cmd, slots.arrival).await;
         }
         self.later_slot(entry, cmd).await.map(Some)
     }
 
     /// A delivery's first slot: taken if it starts within [`INLINE_LOOKAHEAD`] (or one
-    /// interval, if shorter) and no deferred command of the session is due.
+    /// interval, if shorter), no deferred command of the session is due and no delivery
+    /// of the session that arrived earlier still waits for its first slot.
     pub(super) async fn inline_slot(
         &self,
         entry: &BackendEntry,
         cmd: &Command,
+        arrival: Option<&Arrival>,
     ) -> Result<Option<Ticket>, Unsettled> {
+        // A delivery whose session's earlier arrivals are still undecided after a moment
+        // waits in the database, behind them; it leaves its place once its deferral is committed (when it is dropped), so
+        // that a later one cannot pass it in between.
+        if let Some(arrival) = arrival
+            && !arrival.wait_first(INLINE_LOOKAHEAD).await
+        {
+            return Ok(None);
+        }
         let lookahead = entry.pacer.grid().interval.min(INLINE_LOOKAHEAD);
         let class = Class::of(cmd.kind);
         let slot = self
@@ -72,7 +84,12 @@ impl Pipeline {
             })
             .await?;
         Ok(match slot {
-            Slot::Taken(wait) => Some(Ticket::after(wait)),
+            Slot::Taken(wait) => {
+                if let Some(arrival) = arrival {
+                    arrival.leave();
+                }
+                Some(Ticket::after(wait))
+            }
             Slot::Busy(_) => None,
         })
     }
