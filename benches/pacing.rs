@@ -55,9 +55,6 @@ const BACKEND: &str = "prov";
 const EVENTS_TIMEOUT: Duration = Duration::from_secs(120);
 /// The longest a worker may take to answer `/readyz`, and the warm-up command.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Left to the workers of a multi-replica run after they are ready, before the warm-up:
-/// a process that joins others holds its requests for a few heartbeats.
-const REPLICA_SETTLE: Duration = Duration::from_secs(5);
 /// Commands still in flight when a scenario ends are abandoned after this.
 const SHUTDOWN_GRACE: &str = "5s";
 
@@ -431,7 +428,7 @@ impl Rig {
     }
 
     /// Starts `replicas` workers whose backend is the simulator at `rate` per session,
-    /// waits until each is ready (and, for several, `REPLICA_SETTLE` more), then runs a
+    /// waits until each is ready, then runs a
     /// warm-up command and clears the events and the request log. False if they did not
     /// come up.
     async fn start_workers(&mut self, replicas: usize, rate: &str) -> bool {
@@ -469,9 +466,6 @@ impl Rig {
                 println!("worker on port {port} not ready within {START_TIMEOUT:?}");
                 return false;
             }
-        }
-        if replicas > 1 {
-            tokio::time::sleep(REPLICA_SETTLE).await;
         }
         let warm_up = command(
             CommandType::RevokeInvite,
@@ -558,7 +552,7 @@ async fn one_session(scenario: &str, db_kind: &str, replicas: usize) -> Line {
         .note(note);
     if replicas > 1 {
         line = line.note(format!(
-            "{replicas} workers ready + {REPLICA_SETTLE:?} before publishing"
+            "{replicas} workers, published once both were ready"
         ));
     }
     rig.finish().await;

@@ -89,8 +89,8 @@ pub struct RetrySettings {
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
     pub max_attempts: u32,
-    /// Waits up to this long are slept in place; longer ones park the command in a
-    /// delay queue so it does not hold a consumer slot.
+    /// Retry waits up to this long are slept in place; after longer ones the command
+    /// waits in the database, holding no consumer slot.
     #[serde(with = "humantime_serde")]
     pub max_inline_wait: Duration,
 }
@@ -333,8 +333,8 @@ impl Settings {
         if self.rotation.scan_interval.is_zero() {
             return err("rotation.scan_interval", "must be > 0");
         }
-        if !(self.rotation.rate_share > 0.0 && self.rotation.rate_share <= 1.0) {
-            return err("rotation.rate_share", "must be more than 0 and at most 1");
+        if !(0.01..=1.0).contains(&self.rotation.rate_share) {
+            return err("rotation.rate_share", "must be between 0.01 and 1");
         }
         if self.rotation.link_ttl.is_zero() {
             return err("rotation.link_ttl", "must be > 0");

@@ -206,7 +206,7 @@ pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-original-routing-key";
 /// The headers a parked or dead-lettered copy of a command keeps from its delivery: every
 /// header with a text value (an upstream's trace id, say; RabbitMQ's structured `x-death`
 /// is left out), and [`ORIGINAL_ROUTING_KEY_HEADER`] set to `routing_key` unless the
-/// delivery already carries it (a copy coming back from a delay queue).
+/// delivery already carries it (a copy that came back through an old delay queue).
 pub fn origin_headers(
     text_headers: Vec<(String, String)>,
     routing_key: &str,

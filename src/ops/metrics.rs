@@ -100,8 +100,8 @@ fn describe() {
     );
     describe_gauge!(
         "invite_worker_rotations_late",
-        "Due links of a session that would expire before their rotation at \
-         rotation.rate_share of its rate"
+        "Due links that would expire before their rotation at rotation.rate_share of \
+         their session's rate (the log names the sessions)"
     );
     describe_gauge!(
         "invite_worker_live_replicas",
@@ -215,13 +215,8 @@ pub(crate) fn deferred_waiting(n: u64) {
     gauge!("invite_worker_deferred_commands").set(n as f64);
 }
 
-pub(crate) fn rotations_late(backend: &str, session: &str, n: usize) {
-    gauge!(
-        "invite_worker_rotations_late",
-        "backend" => backend.to_owned(),
-        "session" => session.to_owned()
-    )
-    .set(n as f64);
+pub(crate) fn rotations_late(backend: &str, n: usize) {
+    gauge!("invite_worker_rotations_late", "backend" => backend.to_owned()).set(n as f64);
 }
 
 pub(crate) fn live_replicas(n: u32) {

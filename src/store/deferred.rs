@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use entity::{deferred_command, group_lease};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, Statement,
-    TransactionTrait, Value,
+    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement, TransactionTrait, Value,
     sea_query::{Expr, OnConflict},
 };
 
@@ -101,7 +101,8 @@ impl Store {
         Ok(())
     }
 
-    /// Sessions (backend, session) with deferred commands due by `now`.
+    /// Sessions (backend, session) with deferred commands due by `now`, those waiting
+    /// longest first (so that none is starved when more than `limit` are due).
     pub async fn due_sessions(
         &self,
         now: DateTime<Utc>,
@@ -112,7 +113,9 @@ impl Store {
             .column(deferred_command::Column::Backend)
             .column(deferred_command::Column::SessionId)
             .filter(deferred_command::Column::DueAt.lte(now))
-            .distinct()
+            .group_by(deferred_command::Column::Backend)
+            .group_by(deferred_command::Column::SessionId)
+            .order_by_asc(deferred_command::Column::DueAt.min())
             .limit(limit)
             .into_tuple()
             .all(&self.fast)
@@ -192,7 +195,7 @@ impl Store {
         let statement = Statement::from_sql_and_values(self.dialect.backend(), sql, values);
         Ok(deferred_command::Entity::find()
             .from_raw_sql(statement)
-            .one(&self.db)
+            .one(&self.fast)
             .await?)
     }
 
@@ -250,8 +253,10 @@ impl Store {
             secs(slot.lookahead.min(Duration::from_secs(86_400))),
             slot.behind_due.into(),
         ];
+        // Bookkeeping: a slot lost in a database crash is one request's place, long past
+        // by the time the database is back.
         let row = self
-            .db
+            .fast
             .query_one_raw(stmt(&TAKE_SLOT, values))
             .await?
             .ok_or_else(|| sea_orm::DbErr::RecordNotFound("session slot".into()))?;

@@ -33,8 +33,9 @@ use crate::{
 /// How often other processes' deferrals and expired claims are looked for when nothing
 /// nearer is known.
 const POLL: Duration = Duration::from_millis(250);
-/// How long a claimed command is kept from other processes: one that crashes with a
-/// claim leaves the command due again after this long.
+/// How long a claimed command is kept from other processes, beyond two of its session's
+/// intervals (the wait for its slot): one that crashes with a claim leaves the command
+/// due again after this long.
 const CLAIM_FOR: Duration = Duration::from_secs(30);
 /// Sessions looked at per turn.
 const SESSIONS_PER_TURN: u64 = 1024;
@@ -128,7 +129,8 @@ impl Releaser {
                 _ = stop.cancelled() => break,
             };
             let now = Utc::now();
-            let until = now + chrono::Duration::from_std(CLAIM_FOR).unwrap_or_default();
+            let hold = CLAIM_FOR + self.interval(backend) * 2;
+            let until = now + chrono::Duration::from_std(hold).unwrap_or_default();
             let claimed = pipeline
                 .store
                 .claim_deferred(backend, session_id, &pipeline.instance_id, now, until)
@@ -157,11 +159,22 @@ impl Releaser {
             };
             let this = self.clone();
             tasks.spawn(async move {
+                m::in_flight(1.0);
                 this.release(row, ticket).await;
+                m::in_flight(-1.0);
                 drop(permit);
             });
         }
         self.lock().remove(&session);
+    }
+
+    /// The interval between two requests of a session of `backend` (zero for a backend no
+    /// longer configured).
+    fn interval(&self, backend: &str) -> Duration {
+        self.pipeline
+            .backends
+            .get(backend)
+            .map_or(Duration::ZERO, |e| e.pacer.grid().interval)
     }
 
     /// The session's next slot, waiting while it is more than one interval away; `None`

@@ -3,7 +3,11 @@
 //! ids are UUIDv5 of (backend, session, group, expires_at), so however many replicas scan
 //! and however often, one expiry yields one rotation (the inbox absorbs duplicates).
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -99,8 +103,8 @@ pub struct Scheduler {
     publisher: Arc<Publisher>,
     topology: Topology,
     settings: Arc<Settings>,
-    /// Sessions found short at the last check (their gauge goes back to 0 once they fit).
-    short: std::sync::Mutex<HashSet<(String, String)>>,
+    /// Backends found short at the last check (their gauge goes back to 0 once they fit).
+    short: std::sync::Mutex<HashSet<String>>,
 }
 
 impl Scheduler {
@@ -183,7 +187,7 @@ impl Scheduler {
     /// before they expire at that pace.
     async fn check_fit(&self, now: DateTime<Utc>, due: DateTime<Utc>) -> Result<(), ScanError> {
         let expiries = self.store.due_expiries(due, FIT_CHECK_LIMIT).await?;
-        let mut short = HashSet::new();
+        let mut late: HashMap<String, usize> = HashMap::new();
         for group in expiries.chunk_by(|a, b| (&a.0, &a.1) == (&b.0, &b.1)) {
             let (backend, session) = (&group[0].0, &group[0].1);
             let Some(b) = self.settings.backends.get(backend) else {
@@ -204,14 +208,16 @@ impl Scheduler {
                 "due links cannot all be rotated before they expire at rotation.rate_share \
                  of the session's rate: raise rotation.lead or rotation.rate_share"
             );
-            m::rotations_late(backend, session, s.late);
-            short.insert((backend.clone(), session.clone()));
+            *late.entry(backend.clone()).or_default() += s.late;
         }
         let mut before = self.short.lock().unwrap_or_else(|p| p.into_inner());
-        for (backend, session) in before.difference(&short) {
-            m::rotations_late(backend, session, 0);
+        for backend in before.iter().filter(|b| !late.contains_key(*b)) {
+            m::rotations_late(backend, 0);
         }
-        *before = short;
+        for (backend, n) in &late {
+            m::rotations_late(backend, *n);
+        }
+        *before = late.into_keys().collect();
         Ok(())
     }
 

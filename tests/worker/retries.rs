@@ -266,7 +266,7 @@ on_both_databases!(a_dead_letter_keeps_the_commands_headers_and_routing_key);
 
 /// A dead-lettered command keeps what it arrived with: its text headers (an upstream's
 /// trace id) and, as `x-original-routing-key`, the routing key it was published with,
-/// also when it failed after a stay in a delay queue.
+/// also when it failed after waiting in the database.
 async fn a_dead_letter_keeps_the_commands_headers_and_routing_key(db: Db) {
     use lapin::types::{AMQPValue, FieldTable, LongString};
     let env = TestEnv::new(db).await;
