@@ -7,5 +7,6 @@ pub mod group_lease;
 pub mod history;
 pub mod link;
 pub mod outbox;
+pub mod pause;
 pub mod session_slot;
 pub mod worker_heartbeat;

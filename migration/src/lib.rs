@@ -8,6 +8,7 @@ mod m20261122_000003_drop_commands_group_index;
 mod m20261122_000004_drop_outbox_pending_index;
 mod m20261123_000005_worker_heartbeats;
 mod m20261205_000006_deferral;
+mod m20261205_000008_pauses;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_drop_outbox_pending_index::Migration),
             Box::new(m20261123_000005_worker_heartbeats::Migration),
             Box::new(m20261205_000006_deferral::Migration),
+            Box::new(m20261205_000008_pauses::Migration),
         ]
     }
 }

@@ -6,6 +6,7 @@ mod bulk;
 pub mod dead_letters;
 pub mod links;
 pub mod output;
+mod pauses;
 pub mod send;
 mod simulate;
 mod watch;
@@ -65,6 +66,11 @@ enum Cmd {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Hold the commands of a backend or one of its sessions (every replica obeys within
+    /// about a second; they wait, spending no attempt); `pause list` shows the pauses.
+    Pause(pauses::PauseArgs),
+    /// Release the commands `pause` held.
+    Resume(pauses::ResumeArgs),
     /// Print events as JSON lines as they are published (a private temporary queue).
     Watch {
         /// Routing-key pattern, e.g. `invite_link.rotation_failed`.
@@ -278,6 +284,8 @@ impl Cli {
                 tokio::spawn(stop_on_signal(shutdown.clone()));
                 watch::watch(&settings, &pattern, shutdown.cancelled_owned()).await?;
             }
+            Cmd::Pause(args) => pauses::pause(&settings, args).await?,
+            Cmd::Resume(args) => pauses::resume(&settings, args).await?,
             Cmd::Config(ConfigCmd::Check) => {
                 println!("# configuration is valid; effective settings (secrets redacted):");
                 print!("{}", settings.redacted_toml());

@@ -13,11 +13,13 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{BackendKind, BackendResolver, GroupIdStyle, command::MAX_BACKEND_CHARS};
 
 mod backend;
+mod breaker;
 mod secret;
 
 pub use backend::{
     BackendSettings, HttpProvider, KeyError, Provider, RateLimit, RateLimitError, WasendEndpoints,
 };
+pub use breaker::BreakerSettings;
 pub use secret::Secret;
 use secret::redact_url;
 
@@ -34,6 +36,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub log: LogSettings,
     pub worker: WorkerSettings,
+    pub breaker: BreakerSettings,
     pub default_backend: String,
     pub backends: BTreeMap<String, BackendSettings>,
 }
@@ -210,6 +213,7 @@ impl Default for Settings {
             http: HttpSettings::default(),
             log: LogSettings::default(),
             worker: WorkerSettings::default(),
+            breaker: BreakerSettings::default(),
             default_backend: DEFAULT_BACKEND.into(),
             backends: BTreeMap::new(),
         }
@@ -335,6 +339,9 @@ impl Settings {
         }
         if !(0.01..=1.0).contains(&self.rotation.rate_share) {
             return err("rotation.rate_share", "must be between 0.01 and 1");
+        }
+        if let Err((key, problem)) = self.breaker.check() {
+            return err(key, problem);
         }
         if self.rotation.link_ttl.is_zero() {
             return err("rotation.link_ttl", "must be > 0");

@@ -104,6 +104,20 @@ fn describe() {
          their session's rate (the log names the sessions)"
     );
     describe_gauge!(
+        "invite_worker_paused",
+        "1 while an operator's pause holds the commands of a backend (session \"*\") or \
+         of one of its sessions"
+    );
+    describe_gauge!(
+        "invite_worker_breaker_open",
+        "1 while this process holds calls to a backend (session \"*\") or one of its \
+         sessions behind an open or half-open circuit"
+    );
+    describe_counter!(
+        "invite_worker_breaker_trips_total",
+        "Circuits opened, by backend"
+    );
+    describe_gauge!(
         "invite_worker_live_replicas",
         "Worker processes with a recent heartbeat on the database (PostgreSQL)"
     );
@@ -217,6 +231,28 @@ pub(crate) fn deferred_waiting(n: u64) {
 
 pub(crate) fn rotations_late(backend: &str, n: usize) {
     gauge!("invite_worker_rotations_late", "backend" => backend.to_owned()).set(n as f64);
+}
+
+pub(crate) fn paused(backend: &str, session: &str, on: bool) {
+    let (backend, session) = (backend.to_owned(), session.to_owned());
+    gauge!("invite_worker_paused", "backend" => backend, "session" => session).set(if on {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+pub(crate) fn breaker_open(backend: &str, session: &str, open: bool) {
+    let (backend, session) = (backend.to_owned(), session.to_owned());
+    gauge!("invite_worker_breaker_open", "backend" => backend, "session" => session).set(if open {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+pub(crate) fn breaker_trip(backend: &str) {
+    counter!("invite_worker_breaker_trips_total", "backend" => backend.to_owned()).increment(1);
 }
 
 pub(crate) fn live_replicas(n: u32) {

@@ -13,6 +13,7 @@ mod error;
 mod leases;
 mod links;
 mod outbox;
+mod pauses;
 mod pg;
 mod receipt;
 
@@ -33,6 +34,7 @@ pub use deferred::{Deferral, SlotRequest, origin_of};
 pub use error::{DbErrorKind, StoreError};
 pub use leases::RELEASED;
 pub use outbox::OutboxBatch;
+pub use pauses::ALL_SESSIONS;
 pub use receipt::{Begin, Begun};
 
 use crate::domain::Command;

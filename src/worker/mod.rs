@@ -4,6 +4,7 @@
 
 pub mod acks;
 mod consume;
+mod holds;
 pub mod lanes;
 mod pacing;
 mod pipeline;
@@ -112,6 +113,7 @@ impl Worker {
             move || broker.is_up()
         });
         let id = instance_id(&settings);
+        let holds = Arc::new(holds::Holds::new(settings.breaker.clone()));
         let pipeline = Arc::new(Pipeline {
             retry: RetryPolicy::from_settings(&settings.retry),
             db: store::Batches::start(&store, &id, settings.worker.group_lease),
@@ -124,6 +126,7 @@ impl Worker {
             relay_wakeup: Arc::new(Notify::new()),
             release_wakeup: Arc::new(Notify::new()),
             arrivals: Default::default(),
+            holds,
             abort: CancellationToken::new(),
         });
         Ok(Self {
@@ -185,6 +188,14 @@ impl Worker {
             ));
         }
 
+        // Pauses are obeyed from the first command on, then read every second.
+        self.pipeline.holds.load_pauses(&self.pipeline.store).await;
+        let (holds, store, stop) = (
+            self.pipeline.holds.clone(),
+            self.pipeline.store.clone(),
+            background.clone(),
+        );
+        tasks.spawn(async move { holds.watch_pauses(&store, &stop).await });
         let in_flight = TaskTracker::new();
         let releaser = Arc::new(release::Releaser::new(
             self.pipeline.clone(),

@@ -5,7 +5,7 @@
 //! the session's next command (revokes first, then by due time and arrival), takes the
 //! session's next slot for it and runs it. Processes sharing a database claim with row
 //! locks and take slots from one row per session, so together they keep the order and
-//! the rate.
+//! the rate. A paused session, or one behind an open circuit, is left alone.
 
 use std::{
     collections::HashSet,
@@ -78,6 +78,10 @@ impl Releaser {
             let turn = async {
                 let now = Utc::now();
                 for session in store.due_sessions(now, SESSIONS_PER_TURN).await? {
+                    // A paused session, or one behind an open circuit, stays put.
+                    if self.pipeline.holds.is_held(&session.0, &session.1) {
+                        continue;
+                    }
                     if self.lock().insert(session.clone()) {
                         let this = self.clone();
                         let (stop, tasks) = (stop.clone(), in_flight.clone());
@@ -121,6 +125,9 @@ impl Releaser {
         let (backend, session_id) = (&session.0, &session.1);
         let pipeline = &self.pipeline;
         loop {
+            if pipeline.holds.is_held(backend, session_id) {
+                break;
+            }
             let permit = tokio::select! {
                 p = self.permits.clone().acquire_owned() => match p {
                     Ok(p) => p,

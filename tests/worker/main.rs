@@ -3,6 +3,7 @@
 
 mod acks;
 mod crashes;
+mod holds;
 mod hygiene;
 mod operations;
 mod outages;

@@ -3,14 +3,15 @@
 //! provider's current link where a read is needed, then the reset loop: record each
 //! attempt before its reset, retry transient failures in place or park the command.
 
-use std::{ops::ControlFlow, time::Duration};
+use std::ops::ControlFlow;
 
 use chrono::{DateTime, Utc};
 use tracing::{debug, info, warn};
 
 use super::{
     BackendEntry, Ctx, Disposition, Pipeline, Received, Unsettled, completed_elsewhere,
-    run::Receipt, slots::Slots,
+    run::Receipt,
+    slots::{Next, Slots},
 };
 use crate::{
     domain::{BackendError, Command, CommandType, ErrorKind},
@@ -128,9 +129,12 @@ impl Pipeline {
                 attempt_recorded: false,
             }));
         };
-        let Some(ticket) = self.next_slot(slots, entry, cmd).await? else {
-            let waits = self.defer(cmd, received, Duration::ZERO, true).await?;
-            return Ok(ControlFlow::Break(waits));
+        let ticket = match self.next_slot(slots, entry, cmd).await? {
+            Next::Go(ticket) => ticket,
+            Next::Wait(wait) => {
+                let waits = self.defer(cmd, received, wait, true).await?;
+                return Ok(ControlFlow::Break(waits));
+            }
         };
         let first = store::FirstAttempt {
             command_id: row.command_id.clone(),
@@ -204,11 +208,12 @@ impl Pipeline {
         if !(entry.backend.can_read() && read) {
             return Ok(ControlFlow::Continue(plan));
         }
-        let Some(ticket) = self.next_slot(slots, entry, cmd).await? else {
-            let waits = self
-                .defer(cmd, ctx.received(), Duration::ZERO, true)
-                .await?;
-            return Ok(ControlFlow::Break(waits));
+        let ticket = match self.next_slot(slots, entry, cmd).await? {
+            Next::Go(ticket) => ticket,
+            Next::Wait(wait) => {
+                let waits = self.defer(cmd, ctx.received(), wait, true).await?;
+                return Ok(ControlFlow::Break(waits));
+            }
         };
         // The code read is recorded (again) before the reset.
         plan.attempt_recorded = false;
@@ -275,8 +280,9 @@ impl Pipeline {
                     .finish(ctx, attempts as i32, Outcome::Failed(err), plan.external)
                     .await;
             }
-            let Some(ticket) = self.next_slot(slots, entry, cmd).await? else {
-                return self.defer(cmd, ctx.received(), Duration::ZERO, true).await;
+            let ticket = match self.next_slot(slots, entry, cmd).await? {
+                Next::Go(ticket) => ticket,
+                Next::Wait(wait) => return self.defer(cmd, ctx.received(), wait, true).await,
             };
             attempts += 1;
             tracing::Span::current().record("attempt", attempts);

@@ -20,6 +20,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 pub(super) use self::arrivals::{Arrival, Arrivals};
 use super::{
+    holds::Holds,
     lanes::{Lanes, Lease},
     pacing::{Class, Pacer, Ticket},
     retry::{RetryPolicy, infra_backoff},
@@ -168,6 +169,8 @@ pub(super) struct Pipeline {
     pub release_wakeup: Arc<tokio::sync::Notify>,
     /// Deliveries not past their first slot yet, per session, in arrival order.
     pub arrivals: Arc<Arrivals>,
+    /// Pauses and circuit breakers.
+    pub holds: Arc<Holds>,
     /// Cancelled when in-flight work must give up (after the shutdown grace).
     pub abort: CancellationToken,
 }
@@ -238,10 +241,13 @@ impl Pipeline {
         } else {
             ticket
         };
-        tokio::select! {
-            r = entry.call(cmd, op, ticket, request) => Ok(r),
-            _ = self.abort.cancelled() => Err(Unsettled::Interrupted),
-        }
+        let result = tokio::select! {
+            r = entry.call(cmd, op, ticket, request) => r,
+            _ = self.abort.cancelled() => return Err(Unsettled::Interrupted),
+        };
+        self.holds
+            .record(&cmd.backend, cmd.session.as_str(), &result);
+        Ok(result)
     }
 
     /// Puts the command to wait in the database until `due_in` from now (its delivery

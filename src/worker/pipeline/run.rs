@@ -7,7 +7,10 @@ use std::{ops::ControlFlow, time::Duration};
 
 use tracing::debug;
 
-use super::{Disposition, Pipeline, Received, Unsettled};
+use super::{
+    Disposition, Pipeline, Received, Unsettled,
+    slots::{Next, Slots},
+};
 use crate::{
     domain::{Command, CommandType},
     ops::metrics as m,
@@ -54,8 +57,8 @@ impl Pipeline {
             Some(ticket) => Some(ticket),
             None if self.first_attempt_with_receipt(cmd) => {
                 match self.take_first_slot(cmd, received).await? {
-                    Some(ticket) => Some(ticket),
-                    None => return self.defer(cmd, received, Duration::ZERO, false).await,
+                    Next::Go(ticket) => Some(ticket),
+                    Next::Wait(wait) => return self.defer(cmd, received, wait, false).await,
                 }
             }
             None => None,
@@ -95,18 +98,19 @@ impl Pipeline {
                 .is_some_and(|e| !e.read_before_reset)
     }
 
-    /// The slot of a delivery's first request, taken only if it comes soon and no
-    /// deferred command of the session waits for one; `None`: the command waits in the
-    /// database instead.
+    /// The slot of a delivery's first request, taken only if the session is not held,
+    /// the slot comes soon and no command of the session is ahead; else how long the
+    /// command waits in the database.
     async fn take_first_slot(
         &self,
         cmd: &Command,
         received: Received<'_>,
-    ) -> Result<Option<Ticket>, Unsettled> {
-        match self.backends.get(&cmd.backend) {
-            Some(entry) => self.inline_slot(entry, cmd, received.arrival).await,
-            None => Ok(None),
-        }
+    ) -> Result<Next, Unsettled> {
+        let Some(entry) = self.backends.get(&cmd.backend) else {
+            return Ok(Next::Wait(Duration::ZERO));
+        };
+        let mut slots = Slots::new(None, received.arrival);
+        self.next_slot(&mut slots, entry, cmd).await
     }
 
     /// The receipt: records the command unless its row exists, taking the lane's lease

@@ -1,6 +1,8 @@
-//! The request slots of one command's run. The first request of a delivery takes a slot
-//! only if it comes soon and no deferred command of its session waits for one: otherwise
-//! the command waits in the database (spending no attempt) and the releaser runs it in
+//! The request slots of one command's run. Before each request the session's holds are
+//! checked (a pause, an open circuit: the command then waits in the database, spending
+//! no attempt). The first request of a delivery takes a slot only if it comes soon and no
+//! command of its session is ahead of it (deferred and due, or arrived earlier and
+//! undecided): otherwise the command waits in the database and the releaser runs it in
 //! its session's slot order. A command the releaser runs brings the slot it took. Later
 //! requests of a run (a reset after a read, a retry in place) wait for their slot.
 
@@ -9,11 +11,14 @@ use std::time::Duration;
 use super::{Arrival, BackendEntry, Pipeline, Unsettled};
 use crate::{
     domain::Command,
-    worker::pacing::{Class, Slot, Ticket},
+    worker::{
+        holds::Gate,
+        pacing::{Class, Slot, Ticket},
+    },
 };
 
-/// The longest a delivery waits in place for its first slot; beyond it the command is
-/// deferred.
+/// The longest a delivery waits in place for its first slot (or for the earlier
+/// arrivals of its session to decide); beyond it the command is deferred.
 const INLINE_LOOKAHEAD: Duration = Duration::from_millis(250);
 
 /// The slots of one run: a slot taken before the run started goes to its first request.
@@ -39,40 +44,58 @@ impl<'a> Slots<'a> {
     }
 }
 
+/// What the next request of a run does.
+pub(super) enum Next {
+    /// Goes at this slot.
+    Go(Ticket),
+    /// Waits in the database this long (zero: due at once, in its session's order).
+    Wait(Duration),
+}
+
 impl Pipeline {
-    /// The next request's slot; `None`: the command must wait in the database for one.
+    /// The next request's slot, or how long the command must wait in the database.
     pub(super) async fn next_slot(
         &self,
         slots: &mut Slots<'_>,
         entry: &BackendEntry,
         cmd: &Command,
-    ) -> Result<Option<Ticket>, Unsettled> {
+    ) -> Result<Next, Unsettled> {
+        let probe = match self.holds.gate(&cmd.backend, cmd.session.as_str()) {
+            Gate::Go => false,
+            Gate::Probe => true,
+            Gate::Paused => return Ok(Next::Wait(Duration::ZERO)),
+            Gate::Open(wait) => return Ok(Next::Wait(wait)),
+        };
         if let Some(ticket) = slots.first.take() {
             slots.inline = false;
-            return Ok(Some(ticket));
+            return Ok(Next::Go(ticket));
         }
-        if std::mem::take(&mut slots.inline) {
-            return self.inline_slot(entry, cmd, slots.arrival).await;
+        if !std::mem::take(&mut slots.inline) {
+            return self.later_slot(entry, cmd).await.map(Next::Go);
         }
-        self.later_slot(entry, cmd).await.map(Some)
+        let next = self.inline_slot(entry, cmd, slots.arrival).await?;
+        if probe && matches!(next, Next::Wait(_)) {
+            self.holds.unprobe(&cmd.backend, cmd.session.as_str());
+        }
+        Ok(next)
     }
 
     /// A delivery's first slot: taken if it starts within [`INLINE_LOOKAHEAD`] (or one
     /// interval, if shorter), no deferred command of the session is due and no delivery
     /// of the session that arrived earlier still waits for its first slot.
-    pub(super) async fn inline_slot(
+    async fn inline_slot(
         &self,
         entry: &BackendEntry,
         cmd: &Command,
         arrival: Option<&Arrival>,
-    ) -> Result<Option<Ticket>, Unsettled> {
+    ) -> Result<Next, Unsettled> {
         // A delivery whose session's earlier arrivals are still undecided after a moment
-        // waits in the database, behind them; it leaves its place once its deferral is committed (when it is dropped), so
-        // that a later one cannot pass it in between.
+        // waits in the database, behind them; it leaves its place once its deferral is
+        // committed (when it is dropped), so that a later one cannot pass it in between.
         if let Some(arrival) = arrival
             && !arrival.wait_first(INLINE_LOOKAHEAD).await
         {
-            return Ok(None);
+            return Ok(Next::Wait(Duration::ZERO));
         }
         let lookahead = entry.pacer.grid().interval.min(INLINE_LOOKAHEAD);
         let class = Class::of(cmd.kind);
@@ -88,9 +111,9 @@ impl Pipeline {
                 if let Some(arrival) = arrival {
                     arrival.leave();
                 }
-                Some(Ticket::after(wait))
+                Next::Go(Ticket::after(wait))
             }
-            Slot::Busy(_) => None,
+            Slot::Busy(_) => Next::Wait(Duration::ZERO),
         })
     }
 
