@@ -199,6 +199,16 @@ impl Store {
             .await?)
     }
 
+    /// One deferred row, if it is there.
+    pub async fn find_deferred(
+        &self,
+        command_id: &str,
+    ) -> Result<Option<deferred_command::Model>, StoreError> {
+        Ok(deferred_command::Entity::find_by_id(command_id.to_owned())
+            .one(&self.fast)
+            .await?)
+    }
+
     /// Forgets deferred rows of commands that are settled.
     pub async fn forget_deferred(&self, ids: &[String]) -> Result<(), StoreError> {
         if ids.is_empty() {

@@ -3,6 +3,7 @@
 //! leases, the outbox, the schema, and the classification of database errors.
 
 mod commits;
+mod deferred;
 mod errors;
 mod fixtures;
 mod leases;
