@@ -3,7 +3,9 @@
 
 mod acks;
 mod crashes;
+mod declarations;
 mod hygiene;
+mod migration;
 mod operations;
 mod outages;
 mod pacing;
