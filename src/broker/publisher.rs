@@ -157,7 +157,12 @@ impl Publisher {
         let batch = self.batch.lock().await;
         let result = self.try_publish_batch(msgs).await;
         drop(batch);
-        if result.is_err() {
+        // A channel that got a nack is replaced too: one opened before a quorum queue's
+        // leader died can keep getting nacks for that queue.
+        let nacked = result
+            .as_ref()
+            .is_ok_and(|confirms| confirms.contains(&Confirm::Nack));
+        if result.is_err() || nacked {
             self.reset().await;
         }
         result
