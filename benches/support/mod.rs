@@ -17,8 +17,8 @@ use std::{
 
 use futures::StreamExt;
 use invite_worker::{
-    broker::{Topology, declare},
-    config::QueueType,
+    broker::{QueueOptions, Topology, declare},
+    config::Settings,
     domain::command::CommandSpec,
 };
 use lapin::{
@@ -73,7 +73,9 @@ pub(crate) fn topo_prefix(topo: &Topology) -> String {
 
 pub(crate) async fn declare_topology(topo: &Topology) {
     let (conn, ch) = channel().await;
-    declare(&ch, topo, QueueType::Quorum).await.unwrap();
+    // As the workers declare it (default settings), so that theirs is no different.
+    let opts = QueueOptions::from_settings(&Settings::default().amqp);
+    declare(&ch, topo, opts).await.unwrap();
     let _ = conn.close(200, "OK".into()).await;
 }
 

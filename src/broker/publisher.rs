@@ -1,10 +1,14 @@
 //! Publishing with publisher confirms on one channel (re-created after a failure), and
 //! the AMQP properties and text headers of the messages the worker publishes and reads.
+//! A message to the default exchange (a dead letter, addressed to its queue by name) is
+//! published `mandatory`: should the queue be missing, the broker returns it, and it
+//! counts as not published, instead of being confirmed and dropped.
 
 use std::{sync::Arc, task::Poll, time::Duration};
 
 use lapin::{
-    BasicProperties, Channel,
+    BasicProperties, Channel, Confirmation,
+    message::BasicReturnMessage,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
@@ -23,14 +27,37 @@ pub enum PublishError {
     Broker(#[from] lapin::Error),
     #[error("the broker refused the message (nack)")]
     Nacked,
+    #[error("the broker returned the message: no queue {0:?} to take it")]
+    Returned(String),
     #[error("no publisher confirm within {0:?}")]
     Timeout(Duration),
+}
+
+/// What became of one published message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirm {
+    /// Confirmed by the broker, and routed.
+    Ack,
+    /// Refused by the broker (nack).
+    Nack,
+    /// Returned by the broker: a `mandatory` message no queue took.
+    Returned,
+}
+
+impl Confirm {
+    pub fn is_ack(self) -> bool {
+        self == Self::Ack
+    }
 }
 
 /// Publishes with publisher confirms on one channel, re-created after failures.
 pub struct Publisher {
     broker: Arc<Broker>,
     channel: Mutex<Option<Channel>>,
+    /// Held by the batch whose confirms are outstanding. lapin hands a returned message
+    /// to whichever confirm arrives next on the channel, so with one batch at a time
+    /// the returned messages a batch's confirms carry are its own.
+    batch: Mutex<()>,
     confirm_timeout: Duration,
 }
 
@@ -67,6 +94,7 @@ impl Publisher {
         Self {
             broker,
             channel: Mutex::new(None),
+            batch: Mutex::new(()),
             confirm_timeout,
         }
     }
@@ -113,18 +141,28 @@ impl Publisher {
     /// Publishes one message and waits for its confirm.
     pub async fn publish(&self, m: &OutboxMessage) -> Result<(), PublishError> {
         let results = self.publish_batch(std::slice::from_ref(m)).await?;
-        if results[0] {
-            Ok(())
-        } else {
-            Err(PublishError::Nacked)
+        match results[0] {
+            Confirm::Ack => Ok(()),
+            Confirm::Nack => Err(PublishError::Nacked),
+            Confirm::Returned => Err(PublishError::Returned(m.routing_key.clone())),
         }
     }
 
     /// Publishes all messages pipelined, then waits for every confirm. Returns, per
-    /// message, whether the broker confirmed it.
-    pub async fn publish_batch(&self, msgs: &[OutboxMessage]) -> Result<Vec<bool>, PublishError> {
+    /// message, what became of it.
+    pub async fn publish_batch(
+        &self,
+        msgs: &[OutboxMessage],
+    ) -> Result<Vec<Confirm>, PublishError> {
+        let batch = self.batch.lock().await;
         let result = self.try_publish_batch(msgs).await;
-        if result.is_err() {
+        drop(batch);
+        // A channel that got a nack is replaced too: one opened before a quorum queue's
+        // leader died can keep getting nacks for that queue.
+        let nacked = result
+            .as_ref()
+            .is_ok_and(|confirms| confirms.contains(&Confirm::Nack));
+        if result.is_err() || nacked {
             self.reset().await;
         }
         result
@@ -132,22 +170,32 @@ impl Publisher {
 
     /// Everything, from getting a channel to the last confirm, within the confirm
     /// timeout: a broker that stopped answering must not hold the caller.
-    async fn try_publish_batch(&self, msgs: &[OutboxMessage]) -> Result<Vec<bool>, PublishError> {
+    async fn try_publish_batch(
+        &self,
+        msgs: &[OutboxMessage],
+    ) -> Result<Vec<Confirm>, PublishError> {
         match tokio::time::timeout(self.confirm_timeout, self.publish_and_confirm(msgs)).await {
             Ok(r) => r,
             Err(_) => Err(PublishError::Timeout(self.confirm_timeout)),
         }
     }
 
-    async fn publish_and_confirm(&self, msgs: &[OutboxMessage]) -> Result<Vec<bool>, PublishError> {
+    async fn publish_and_confirm(
+        &self,
+        msgs: &[OutboxMessage],
+    ) -> Result<Vec<Confirm>, PublishError> {
         let ch = self.channel().await?;
         let mut sends: Vec<_> = msgs
             .iter()
             .map(|m| {
+                let options = BasicPublishOptions {
+                    mandatory: m.exchange.is_empty(),
+                    ..Default::default()
+                };
                 Box::pin(ch.basic_publish(
                     m.exchange.as_str().into(),
                     m.routing_key.as_str().into(),
-                    BasicPublishOptions::default(),
+                    options,
                     &m.payload,
                     properties(m),
                 ))
@@ -171,11 +219,60 @@ impl Publisher {
                 None => send.await?,
             });
         }
-        let mut acks = Vec::with_capacity(pending.len());
+        let mut confirms = Vec::with_capacity(pending.len());
+        let mut returned = Vec::new();
         for p in pending {
-            acks.push(p.await?.is_ack());
+            confirms.push(match p.await? {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Confirm::Ack,
+                Confirmation::Ack(Some(r)) => {
+                    returned.push(r);
+                    Confirm::Ack
+                }
+                Confirmation::Nack(r) => {
+                    returned.extend(r);
+                    Confirm::Nack
+                }
+            });
         }
-        Ok(acks)
+        for r in &returned {
+            self.broker
+                .returned(r.delivery.routing_key.as_str(), r.reply_text.as_str());
+        }
+        mark_returned(msgs, &mut confirms, &returned);
+        Ok(confirms)
+    }
+}
+
+/// Marks the messages `returned` stands for as returned: lapin attaches a returned
+/// message to the next confirm that arrives, not necessarily its own, so each is matched
+/// by exchange, routing key, message_id and body. One that matches none (not expected)
+/// marks every `mandatory` message of the batch: a dead letter published twice is
+/// harmless, one confirmed but dropped is lost.
+fn mark_returned(
+    msgs: &[OutboxMessage],
+    confirms: &mut [Confirm],
+    returned: &[BasicReturnMessage],
+) {
+    for r in returned {
+        let d = &r.delivery;
+        let message_id = d.properties.message_id().as_ref().map(|s| s.as_str());
+        let found = msgs.iter().zip(confirms.iter()).position(|(m, c)| {
+            *c != Confirm::Returned
+                && m.exchange == d.exchange.as_str()
+                && m.routing_key == d.routing_key.as_str()
+                && m.message_id.as_deref() == message_id
+                && m.payload == d.data
+        });
+        match found {
+            Some(i) => confirms[i] = Confirm::Returned,
+            None => {
+                for (m, c) in msgs.iter().zip(confirms.iter_mut()) {
+                    if m.exchange.is_empty() {
+                        *c = Confirm::Returned;
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -3,16 +3,23 @@
 //! transaction on PostgreSQL (nothing written to take it; released at once if the
 //! process dies) and by a timed claim on SQLite. Woken after commits (gathering for a few
 //! milliseconds, so that one claim serves many events); sweeps every second for rows
-//! left by a crash or another replica.
+//! left by a crash or another replica. A row the broker nacks or returns (a dead letter
+//! whose queue is missing) stays and is published again later.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use super::{PublishError, Publisher};
+use super::{Confirm, PublishError, Publisher};
 use crate::{
     domain::events::OutboxMessage,
     ops::{failpoint, metrics as m},
@@ -36,9 +43,11 @@ pub enum RelayError {
 }
 
 pub struct Relay {
-    pub store: Store,
-    pub publisher: Arc<Publisher>,
-    pub wakeup: Arc<Notify>,
+    store: Store,
+    publisher: Arc<Publisher>,
+    wakeup: Arc<Notify>,
+    /// Whether the last publish had messages returned (logged once per change).
+    returning: AtomicBool,
 }
 
 fn to_message(row: &entity::outbox::Model) -> OutboxMessage {
@@ -60,6 +69,15 @@ fn to_message(row: &entity::outbox::Model) -> OutboxMessage {
 }
 
 impl Relay {
+    pub fn new(store: Store, publisher: Arc<Publisher>, wakeup: Arc<Notify>) -> Self {
+        Self {
+            store,
+            publisher,
+            wakeup,
+            returning: AtomicBool::new(false),
+        }
+    }
+
     /// Publishes one batch; returns how many rows were claimed.
     pub async fn relay_once(&self) -> Result<usize, RelayError> {
         // A claim outlives any publish (bounded by the confirm timeout), and no longer:
@@ -74,15 +92,16 @@ impl Relay {
         failpoint::hit(failpoint::BEFORE_RELAY);
         let msgs: Vec<OutboxMessage> = batch.rows.iter().map(to_message).collect();
         match self.publisher.publish_batch(&msgs).await {
-            Ok(acks) => {
+            Ok(confirms) => {
                 let sent: Vec<i64> = batch
                     .rows
                     .iter()
-                    .zip(&acks)
-                    .filter(|(_, ok)| **ok)
+                    .zip(&confirms)
+                    .filter(|(_, c)| c.is_ack())
                     .map(|(r, _)| r.id)
                     .collect();
-                let nacked = taken - sent.len();
+                let returned = confirms.iter().filter(|c| **c == Confirm::Returned).count();
+                let nacked = taken - sent.len() - returned;
                 let count = sent.len();
                 self.store.settle_outbox(batch, &sent).await?;
                 m::events_published(count);
@@ -92,12 +111,29 @@ impl Relay {
                         "broker nacked outbox messages; they will be retried"
                     );
                 }
+                self.note_returned(returned, count);
                 Ok(taken)
             }
             Err(e) => {
                 let _ = self.store.settle_outbox(batch, &[]).await;
                 Err(e.into())
             }
+        }
+    }
+
+    /// Logs once when dead letters start coming back (their queue is missing: they
+    /// stay in the outbox and are retried) and once when messages go through again.
+    fn note_returned(&self, returned: usize, sent: usize) {
+        if returned > 0 {
+            if !self.returning.swap(true, Ordering::Relaxed) {
+                warn!(
+                    count = returned,
+                    "the broker returned dead letters (no dead-letter queue to take \
+                     them); they stay in the outbox and are retried"
+                );
+            }
+        } else if sent > 0 && self.returning.swap(false, Ordering::Relaxed) {
+            info!("outbox messages are taken by the broker again");
         }
     }
 

@@ -4,7 +4,9 @@
 //!
 //! Both take every message with `basic.get` and hold it unacknowledged, so each is seen
 //! once; what is not replayed is requeued in place (or by the broker, should this
-//! process die), keeping the queue's order.
+//! process die), keeping the queue's order. A message the worker dead-lettered says why
+//! in `x-invite-error`; one the broker dead-lettered (the commands queue's delivery
+//! limit) in RabbitMQ's `x-death`.
 
 use lapin::{
     BasicProperties, Channel,
@@ -34,7 +36,8 @@ pub struct DeadLetter {
     pub backend: Option<String>,
     pub session_id: Option<String>,
     pub group_id: Option<String>,
-    /// The `x-invite-error` header: why it was dead-lettered.
+    /// Why it was dead-lettered: the `x-invite-error` header, or for a message the
+    /// broker moved here, what its `x-death` header says.
     pub error: String,
     /// The command body: its JSON, or the raw text when it is not JSON.
     pub body: serde_json::Value,
@@ -71,17 +74,49 @@ pub enum DeadLetterError {
 }
 
 fn header(m: &BasicGetMessage) -> String {
-    m.delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(ERROR_HEADER).cloned())
-        .map(|v| match v {
-            AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-            AMQPValue::ShortString(s) => s.to_string(),
-            other => format!("{other:?}"),
-        })
-        .unwrap_or_default()
+    let headers = m.delivery.properties.headers().as_ref();
+    let error = headers.and_then(|h| h.inner().get(ERROR_HEADER).cloned());
+    match error {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => headers.and_then(x_death).unwrap_or_default(),
+    }
+}
+
+/// Why the broker dead-lettered a message, from its `x-death` header (the latest death
+/// first): `delivery limit exceeded (x-death: delivery_limit, queue Q)`.
+fn x_death(headers: &FieldTable) -> Option<String> {
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(latest) = deaths.as_slice().first()? else {
+        return None;
+    };
+    let text = |key: &str| match latest.inner().get(key) {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    let reason = text("reason")?;
+    let meaning = match reason.as_str() {
+        "delivery_limit" => "delivery limit exceeded",
+        "rejected" => "rejected by a consumer",
+        "expired" => "expired",
+        "maxlen" => "queue length limit exceeded",
+        other => other,
+    };
+    let queue = text("queue").unwrap_or_default();
+    Some(format!("{meaning} (x-death: {reason}, queue {queue})"))
+}
+
+/// Headers RabbitMQ adds when it dead-letters or redelivers a message: a replayed
+/// command starts without them.
+fn is_broker_header(name: &str) -> bool {
+    name == "x-death"
+        || name == "x-delivery-count"
+        || name.starts_with("x-first-death-")
+        || name.starts_with("x-last-death-")
 }
 
 /// The headers a replayed command is published with: the dead letter's own (what the
@@ -92,7 +127,7 @@ fn replayed_headers(m: &BasicGetMessage) -> (FieldTable, Option<String>) {
     let mut original_key = None;
     if let Some(h) = m.delivery.properties.headers() {
         for (name, value) in h.inner() {
-            if name.as_str() == ERROR_HEADER {
+            if name.as_str() == ERROR_HEADER || is_broker_header(name.as_str()) {
                 continue;
             }
             if name.as_str() == ORIGINAL_ROUTING_KEY_HEADER
@@ -158,11 +193,7 @@ async fn requeue(ch: &Channel, held: &[&BasicGetMessage]) -> lapin::Result<()> {
 }
 
 fn broker(settings: &Settings) -> std::sync::Arc<Broker> {
-    Broker::new(
-        settings.amqp.url.expose(),
-        Topology::new(&settings.amqp.name_prefix),
-        settings.amqp.queue_type,
-    )
+    Broker::from_settings(&settings.amqp)
 }
 
 /// The dead-lettered commands, oldest first. The queue is left as it was.
@@ -302,4 +333,41 @@ async fn replay_held(
 
 async fn ack(m: &BasicGetMessage) -> lapin::Result<()> {
     m.delivery.ack(BasicAckOptions::default()).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::{FieldArray, LongString};
+
+    use super::*;
+
+    fn text(s: &str) -> AMQPValue {
+        AMQPValue::LongString(LongString::from(s))
+    }
+
+    #[test]
+    fn a_broker_dead_letter_says_why_from_its_latest_x_death() {
+        let death = |reason: &str, queue: &str| {
+            let mut t = FieldTable::default();
+            t.insert("reason".into(), text(reason));
+            t.insert("queue".into(), text(queue));
+            t.insert("count".into(), AMQPValue::LongLongInt(1));
+            AMQPValue::FieldTable(t)
+        };
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![
+                death("delivery_limit", "p.invite_link.commands"),
+                death("rejected", "elsewhere"),
+            ])),
+        );
+        assert_eq!(
+            x_death(&headers).as_deref(),
+            Some("delivery limit exceeded (x-death: delivery_limit, queue p.invite_link.commands)")
+        );
+        assert_eq!(x_death(&FieldTable::default()), None);
+        assert!(is_broker_header("x-death") && is_broker_header("x-first-death-reason"));
+        assert!(!is_broker_header(ERROR_HEADER));
+    }
 }

@@ -3,6 +3,7 @@
 //! send with rejected lines and a replay that left selected messages).
 
 mod bulk;
+pub mod dead_letter_migration;
 pub mod dead_letters;
 pub mod links;
 pub mod output;
@@ -19,7 +20,7 @@ use uuid::Uuid;
 
 use self::dead_letters::Selection;
 use crate::{
-    config::Settings,
+    config::{QueueType, Settings},
     domain::CommandType,
     store::{GroupKey, Store, StoreError},
     worker::Worker,
@@ -154,6 +155,9 @@ enum DeadLettersCmd {
         #[arg(long, conflicts_with = "command_id")]
         all: bool,
     },
+    /// Make a classic dead-letter queue (of an older version) a quorum queue, moving its
+    /// messages with publisher confirms (an upgrade step).
+    Migrate,
 }
 
 #[derive(Subcommand)]
@@ -241,6 +245,18 @@ impl Cli {
                         message: format!("{missed} selected dead letter(s) not replayed"),
                     });
                 }
+            }
+            Cmd::DeadLetters(DeadLettersCmd::Migrate) => {
+                if settings.amqp.queue_type != QueueType::Quorum {
+                    return Err(usage(
+                        "dead-letters migrate makes the dead-letter queue a quorum queue; \
+                         amqp.queue_type is \"classic\"",
+                    ));
+                }
+                let done = dead_letter_migration::migrate(&settings)
+                    .await
+                    .map_err(anyhow::Error::from)?;
+                print!("{}", output::migration_report(&done));
             }
             Cmd::Links(cmd) => {
                 let store = Store::connect(settings.database.url.expose(), 1).await?;

@@ -1,9 +1,10 @@
 //! Text output of the CLI: the tables of `links` and `dead-letters list` (invite codes
-//! shortened), the report of a replay, and pretty JSON for `--json`.
+//! shortened), the reports of a replay and a migration, and pretty JSON for `--json`.
 
 use serde::Serialize;
 
 use super::{
+    dead_letter_migration::Migration,
     dead_letters::{DeadLetter, ReplayReport},
     links::{LinkDetail, LinkView},
 };
@@ -124,4 +125,19 @@ pub(super) fn replay_report(report: &ReplayReport) -> usize {
     }
     println!();
     report.kept.len() + report.not_found.len()
+}
+
+/// What `dead-letters migrate` did, as one line.
+pub fn migration_report(m: &Migration) -> String {
+    if m.already && m.moved == 0 {
+        format!(
+            "{} is a quorum queue already; nothing to migrate\n",
+            m.queue
+        )
+    } else {
+        format!(
+            "moved {} dead letter(s) into the quorum queue {}\n",
+            m.moved, m.queue
+        )
+    }
 }

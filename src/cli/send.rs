@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{Failure, SendArgs, usage};
 use crate::{
-    broker::{Broker, Topology, declare},
+    broker::Broker,
     config::Settings,
     domain::{CommandSpec, CommandType},
 };
@@ -53,12 +53,9 @@ pub async fn publish_batched(
     specs: &[CommandSpec],
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<(Uuid, bool)>, SendError> {
-    let topo = Topology::new(&settings.amqp.name_prefix);
-    let broker = Broker::new(
-        settings.amqp.url.expose(),
-        topo.clone(),
-        settings.amqp.queue_type,
-    );
+    // Connecting declares the topology (see `Broker`).
+    let broker = Broker::from_settings(&settings.amqp);
+    let topo = broker.topology().clone();
     let timeout = settings.amqp.confirm_timeout;
     let mut results = Vec::with_capacity(specs.len());
     let broker_err = |confirmed: usize| move |source| SendError::Broker { confirmed, source };
@@ -70,9 +67,6 @@ pub async fn publish_batched(
         }
     };
     let outcome = async {
-        declare(&ch, &topo, settings.amqp.queue_type)
-            .await
-            .map_err(broker_err(0))?;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(broker_err(0))?;

@@ -7,10 +7,7 @@ use lapin::{
     types::FieldTable,
 };
 
-use crate::{
-    broker::{Broker, Topology, declare},
-    config::Settings,
-};
+use crate::{broker::Broker, config::Settings};
 
 /// Prints every event routed with `pattern` until `stop` completes.
 pub(super) async fn watch(
@@ -18,14 +15,10 @@ pub(super) async fn watch(
     pattern: &str,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let topo = Topology::new(&settings.amqp.name_prefix);
-    let broker = Broker::new(
-        settings.amqp.url.expose(),
-        topo.clone(),
-        settings.amqp.queue_type,
-    );
+    // Connecting declares the topology (see `Broker`).
+    let broker = Broker::from_settings(&settings.amqp);
+    let topo = broker.topology().clone();
     let ch = broker.channel().await?;
-    declare(&ch, &topo, settings.amqp.queue_type).await?;
     let q = ch
         .queue_declare(
             "".into(),

@@ -12,9 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{BackendKind, BackendResolver, GroupIdStyle, command::MAX_BACKEND_CHARS};
 
+mod amqp;
 mod backend;
 mod breaker;
 mod secret;
+
+pub use amqp::{AmqpSettings, AmqpUrls, QueueType};
 
 pub use backend::{
     BackendSettings, HttpProvider, KeyError, Provider, RateLimit, RateLimitError, WasendEndpoints,
@@ -39,26 +42,6 @@ pub struct Settings {
     pub breaker: BreakerSettings,
     pub default_backend: String,
     pub backends: BTreeMap<String, BackendSettings>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AmqpSettings {
-    pub url: Secret,
-    pub prefetch: u16,
-    pub queue_type: QueueType,
-    /// Prepended to every exchange and queue name; empty in production. Lets several
-    /// isolated deployments (or parallel tests) share one vhost.
-    pub name_prefix: String,
-    #[serde(with = "humantime_serde")]
-    pub confirm_timeout: Duration,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum QueueType {
-    Quorum,
-    Classic,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -130,18 +113,6 @@ pub struct WorkerSettings {
     pub group_lease: Duration,
     /// Identifies this process in leases; defaults to host and pid.
     pub instance_id: String,
-}
-
-impl Default for AmqpSettings {
-    fn default() -> Self {
-        Self {
-            url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            prefetch: 64,
-            queue_type: QueueType::Quorum,
-            name_prefix: String::new(),
-            confirm_timeout: Duration::from_secs(10),
-        }
-    }
 }
 
 impl Default for DatabaseSettings {
@@ -320,10 +291,19 @@ impl Settings {
                 "must start with sqlite:, postgres:// or postgresql://",
             );
         }
-        if !self.amqp.url.expose().starts_with("amqp://")
-            && !self.amqp.url.expose().starts_with("amqps://")
-        {
-            return err("amqp.url", "must start with amqp:// or amqps://");
+        if self.amqp.url.is_empty() {
+            return err("amqp.url", "must name at least one broker URL");
+        }
+        let several = self.amqp.url.len() > 1;
+        for (i, url) in self.amqp.url.expose().into_iter().enumerate() {
+            if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
+                let key = if several {
+                    format!("amqp.url[{i}]")
+                } else {
+                    "amqp.url".to_owned()
+                };
+                return err(&key, "must start with amqp:// or amqps://");
+            }
         }
         if self.retry.max_attempts == 0 {
             return err("retry.max_attempts", "must be at least 1");
@@ -415,10 +395,11 @@ impl Settings {
             Ok(doc) => doc,
             Err(e) => return format!("# cannot render the settings: {e}\n"),
         };
-        for (section, url) in [("amqp", &self.amqp.url), ("database", &self.database.url)] {
-            if let Some(t) = doc.get_mut(section).and_then(|v| v.as_table_mut()) {
-                t.insert("url".into(), redact_url(url.expose()).into());
-            }
+        if let Some(t) = doc.get_mut("amqp").and_then(|v| v.as_table_mut()) {
+            t.insert("url".into(), self.amqp.url.redacted());
+        }
+        if let Some(t) = doc.get_mut("database").and_then(|v| v.as_table_mut()) {
+            t.insert("url".into(), redact_url(self.database.url.expose()).into());
         }
         toml::to_string_pretty(&doc).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }

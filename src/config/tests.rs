@@ -155,8 +155,57 @@ fn secrets_are_redacted_in_debug_and_dump() {
     assert_eq!(back.rotation.lead, s.rotation.lead);
     assert_eq!(
         back.amqp.url.expose(),
-        "amqp://guest:[redacted]@127.0.0.1:5672/%2f"
+        ["amqp://guest:[redacted]@127.0.0.1:5672/%2f"]
     );
+}
+
+#[test]
+fn amqp_url_may_list_the_nodes_of_a_cluster() {
+    let s = load(
+        "[amqp]\nurl = [\"amqp://u:p1@a:5672/%2f\", \"amqps://u:p2@b:5671/%2f\"]\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        s.amqp.url.expose(),
+        ["amqp://u:p1@a:5672/%2f", "amqps://u:p2@b:5671/%2f"]
+    );
+    let dump = s.redacted_toml();
+    assert!(!dump.contains("p1") && !dump.contains("p2"), "{dump}");
+    let back: Settings = toml::from_str(&dump).expect(&dump);
+    assert_eq!(back.amqp.url.len(), 2);
+
+    let s = load(
+        "",
+        &[(
+            "INVITE_WORKER__AMQP__URL",
+            "amqp://a:5672/%2f,amqp://b:5672/%2f,amqp://c:5672/%2f",
+        )],
+    )
+    .unwrap();
+    assert_eq!(s.amqp.url.len(), 3);
+    assert_eq!(s.amqp.url.expose()[2], "amqp://c:5672/%2f");
+}
+
+#[test]
+fn an_empty_or_bad_url_list_is_named() {
+    let e = load("[amqp]\nurl = []\n", &[]).unwrap_err().to_string();
+    assert!(e.contains("amqp.url") && e.contains("at least one"), "{e}");
+    let e = load("[amqp]\nurl = [\"amqp://a/%2f\", \"http://b/\"]\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("amqp.url[1]"), "{e}");
+    let e = load("[amqp]\nurl = \"nats://a\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("amqp.url:"), "{e}");
+}
+
+#[test]
+fn the_delivery_limit_defaults_to_20_and_0_turns_it_off() {
+    assert_eq!(load("", &[]).unwrap().amqp.delivery_limit, 20);
+    let s = load("", &[("INVITE_WORKER__AMQP__DELIVERY_LIMIT", "0")]).unwrap();
+    assert_eq!(s.amqp.delivery_limit, 0);
 }
 
 #[test]

@@ -18,6 +18,10 @@ const STALL: Duration = Duration::from_secs(30);
 /// Whether the broker connection is up, asked on each readiness check.
 pub type BrokerProbe = Box<dyn Fn() -> bool + Send + Sync>;
 
+/// The broker declarations the worker can do without, each with its state as text
+/// (`ok`, or why not), asked on each readiness check.
+pub type DeclarationsProbe = Box<dyn Fn() -> Vec<(&'static str, String)> + Send + Sync>;
+
 /// Liveness and readiness, shared with the HTTP endpoints.
 #[derive(Default)]
 pub struct Health {
@@ -26,12 +30,26 @@ pub struct Health {
     /// Unix millis of the consume loop's last turn.
     pub last_tick_ms: AtomicI64,
     broker_up: OnceLock<BrokerProbe>,
+    declarations: OnceLock<DeclarationsProbe>,
 }
 
 impl Health {
     /// Sets how readiness learns whether the broker is up (once; later calls are ignored).
     pub fn set_broker_probe(&self, probe: impl Fn() -> bool + Send + Sync + 'static) {
         let _ = self.broker_up.set(Box::new(probe));
+    }
+
+    /// Sets how readiness learns the state of the broker declarations (once).
+    pub fn set_declarations_probe(
+        &self,
+        probe: impl Fn() -> Vec<(&'static str, String)> + Send + Sync + 'static,
+    ) {
+        let _ = self.declarations.set(Box::new(probe));
+    }
+
+    /// Each broker declaration the worker can do without, and its state.
+    pub fn declarations(&self) -> Vec<(&'static str, String)> {
+        self.declarations.get().map(|p| p()).unwrap_or_default()
     }
 
     /// Whether the broker is up; false until a probe is set.
@@ -78,10 +96,17 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// 200 while the database and the broker are up, 503 otherwise. The declarations the
+/// worker can do without (the dead-letter queue, the commands queue's arguments) are
+/// listed with their state but do not change the status: commands are consumed and
+/// events published without them.
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let db = s.health.db_up.load(Ordering::Relaxed);
     let broker = s.health.broker_up();
-    let body = format!("database: {}\nbroker: {}\n", up(db), up(broker));
+    let mut body = format!("database: {}\nbroker: {}\n", up(db), up(broker));
+    for (name, state) in s.health.declarations() {
+        body.push_str(&format!("{name}: {state}\n"));
+    }
     let status = if db && broker {
         StatusCode::OK
     } else {

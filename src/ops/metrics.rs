@@ -162,6 +162,11 @@ fn describe() {
         "invite_worker_acks_total",
         "Command deliveries acknowledged"
     );
+    describe_gauge!(
+        "invite_worker_broker_declarations_failing",
+        "1 while a broker declaration the worker can do without (the dead-letter queue, \
+         the commands queue's arguments) fails, by name"
+    );
     describe_counter!(
         "invite_worker_ack_frames_total",
         "basic.ack frames sent for them (one multiple ack covers a run of deliveries)"
@@ -276,6 +281,22 @@ pub(crate) fn events_published(n: usize) {
 pub(crate) fn ack_frames(frames: usize, deliveries: usize) {
     counter!("invite_worker_ack_frames_total").increment(frames as u64);
     counter!("invite_worker_acks_total").increment(deliveries as u64);
+}
+
+/// Whether the declaration `name` fails (see `broker::Declarations`).
+pub(crate) fn broker_declaration(name: &'static str, failing: bool) {
+    gauge!("invite_worker_broker_declarations_failing", "name" => name).set(if failing {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// Makes the declarations' series exist (at 0 unless already set).
+pub(crate) fn broker_declarations(names: &[&'static str]) {
+    for name in names {
+        gauge!("invite_worker_broker_declarations_failing", "name" => *name).increment(0.0);
+    }
 }
 
 pub(crate) fn dead_lettered(kind: ErrorKind) {

@@ -30,7 +30,7 @@ use self::{
 };
 use crate::{
     backend::{self, BackendBuildError},
-    broker::{Broker, Publisher, Relay, Topology},
+    broker::{Broker, DECLARATION_NAMES, Publisher, Relay},
     config::Settings,
     ops::{
         health::{self, Health},
@@ -96,12 +96,8 @@ impl Worker {
             let entry = BackendEntry::new(name, built, b, share, &store);
             backends.insert(name.clone(), entry);
         }
-        let topology = Topology::new(&settings.amqp.name_prefix);
-        let broker = Broker::new(
-            settings.amqp.url.expose(),
-            topology.clone(),
-            settings.amqp.queue_type,
-        );
+        let broker = Broker::from_settings(&settings.amqp);
+        let topology = broker.topology().clone();
         let publisher = Arc::new(Publisher::new(
             broker.clone(),
             settings.amqp.confirm_timeout,
@@ -111,6 +107,13 @@ impl Worker {
         health.set_broker_probe({
             let broker = broker.clone();
             move || broker.is_up()
+        });
+        health.set_declarations_probe({
+            let broker = broker.clone();
+            move || {
+                let report = broker.declarations().report();
+                report.into_iter().map(|(n, s)| (n, s.describe())).collect()
+            }
         });
         let id = instance_id(&settings);
         let holds = Arc::new(holds::Holds::new(settings.breaker.clone()));
@@ -148,12 +151,13 @@ impl Worker {
         let background = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        let relay = Relay {
-            store: self.pipeline.store.clone(),
-            publisher: self.publisher.clone(),
-            wakeup: self.pipeline.relay_wakeup.clone(),
-        };
+        let relay = Relay::new(
+            self.pipeline.store.clone(),
+            self.publisher.clone(),
+            self.pipeline.relay_wakeup.clone(),
+        );
         tasks.spawn(relay.run(background.clone()));
+        tasks.spawn(self.broker.clone().keep_declaring(background.clone()));
         tasks.spawn(db_watch(
             self.pipeline.store.clone(),
             self.health.clone(),
@@ -172,6 +176,7 @@ impl Worker {
             let listener = tokio::net::TcpListener::bind(&settings.http.listen).await?;
             info!(addr = %listener.local_addr()?, "serving /healthz, /readyz, /metrics");
             let app = health::router(self.health.clone(), m::install());
+            m::broker_declarations(&DECLARATION_NAMES);
             let stop = background.clone();
             tasks.spawn(async move {
                 let _ = axum::serve(listener, app)
@@ -215,11 +220,11 @@ impl Worker {
             self.pipeline.abort.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), in_flight.wait()).await;
         }
-        let relay = Relay {
-            store: self.pipeline.store.clone(),
-            publisher: self.publisher.clone(),
-            wakeup: self.pipeline.relay_wakeup.clone(),
-        };
+        let relay = Relay::new(
+            self.pipeline.store.clone(),
+            self.publisher.clone(),
+            self.pipeline.relay_wakeup.clone(),
+        );
         background.cancel();
         relay.drain(Duration::from_secs(10)).await;
         tasks.close();

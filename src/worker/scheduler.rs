@@ -162,7 +162,7 @@ impl Scheduler {
             let ids: Vec<i64> = links.iter().map(|l| l.id).collect();
             let msgs: Vec<OutboxMessage> = links.iter().filter_map(|l| self.message(l)).collect();
             match self.publisher.publish_batch(&msgs).await {
-                Ok(acks) if acks.iter().all(|a| *a) => published += msgs.len(),
+                Ok(confirms) if confirms.iter().all(|c| c.is_ack()) => published += msgs.len(),
                 outcome => {
                     let _ = self.store.unschedule(&ids).await;
                     return Err(match outcome {

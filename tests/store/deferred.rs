@@ -126,7 +126,10 @@ async fn a_claim_passes_over_leased_groups_and_what_is_not_due(db: Db) {
         "1 is leased, 3 not due"
     );
     assert_eq!(store.due_sessions(now, 10).await.unwrap().len(), 1);
-    assert!(store.next_due(now).await.unwrap().is_some(), "3 is due later");
+    assert!(
+        store.next_due(now).await.unwrap().is_some(),
+        "3 is due later"
+    );
     store.close().await;
 }
 

@@ -3,8 +3,10 @@
 
 mod acks;
 mod crashes;
+mod declarations;
 mod holds;
 mod hygiene;
+mod migration;
 mod operations;
 mod outages;
 mod pacing;

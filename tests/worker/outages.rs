@@ -8,7 +8,7 @@ use entity::command;
 use invite_worker::{
     broker::{Broker, Publisher},
     cli::send,
-    config::{QueueType, Secret},
+    config::{AmqpUrls, QueueType, Secret},
     domain::{CommandSpec, events::OutboxMessage},
 };
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
@@ -88,7 +88,7 @@ async fn a_broker_cut_of_five_seconds_during_a_stream_of_500_commands_loses_noth
     env.world.set_latency(Duration::from_millis(5));
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let mut settings = env.settings.clone();
-    settings.amqp.url = Secret::new(proxy.url(AMQP_URL, 5672));
+    settings.amqp.url = AmqpUrls::one(proxy.url(AMQP_URL, 5672));
     settings.amqp.confirm_timeout = Duration::from_secs(2);
     let mut tap = env.tap_events().await;
     let worker = env.start_worker_with(settings).await;
@@ -153,7 +153,7 @@ async fn readyz_is_503_while_the_broker_or_the_database_is_cut() {
     let pg = Proxy::start("127.0.0.1:5432").await;
     let port = free_port();
     let mut settings = env.settings.clone();
-    settings.amqp.url = Secret::new(amqp.url(AMQP_URL, 5672));
+    settings.amqp.url = AmqpUrls::one(amqp.url(AMQP_URL, 5672));
     settings.database.url = Secret::new(pg.url(settings.database.url.expose(), 5432));
     settings.http.listen = format!("127.0.0.1:{port}");
     let worker = env.start_worker_with(settings).await;

@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 
 use invite_worker::{
     broker::Topology,
-    config::{BackendSettings, QueueType, Secret, Settings},
+    config::{AmqpUrls, BackendSettings, QueueType, Secret, Settings},
     simulator::SimWorld,
     store::Store,
     worker::{Worker, WorkerError},
@@ -66,7 +66,7 @@ impl TestEnv {
         settings
             .backends
             .insert("sim".into(), BackendSettings::simulator());
-        settings.amqp.url = Secret::new(AMQP_URL);
+        settings.amqp.url = AmqpUrls::one(AMQP_URL);
         settings.amqp.name_prefix = format!("test-{id}.");
         settings.amqp.queue_type = QueueType::Classic;
         settings.http.listen = String::new();

@@ -19,8 +19,9 @@ impl TestEnv {
     /// AMQP prefix and database, classic queues, no HTTP listener, no scheduler, short
     /// retries and a short group lease (a crashed process's lease expires quickly).
     pub(crate) fn process_env(&self) -> Vec<(String, String)> {
+        let url = self.settings.amqp.url.to_env();
         [
-            ("AMQP__URL", self.settings.amqp.url.expose()),
+            ("AMQP__URL", url.as_str()),
             ("AMQP__NAME_PREFIX", &self.settings.amqp.name_prefix),
             ("AMQP__QUEUE_TYPE", "classic"),
             ("DATABASE__URL", self.settings.database.url.expose()),
@@ -42,7 +43,7 @@ impl TestEnv {
     pub(crate) fn cli_env(&self) -> Vec<(String, String)> {
         let s = &self.settings;
         [
-            ("AMQP__URL", s.amqp.url.expose().to_owned()),
+            ("AMQP__URL", s.amqp.url.to_env()),
             ("AMQP__NAME_PREFIX", s.amqp.name_prefix.clone()),
             ("AMQP__QUEUE_TYPE", "classic".to_owned()),
             ("DATABASE__URL", s.database.url.expose().to_owned()),
