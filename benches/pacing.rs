@@ -8,7 +8,9 @@
 //! - `one_session`: 300 revokes for one session at 20/s (ideal 15.0 s);
 //! - `fleet`: 50 sessions × 40 groups, each session at 5/s, 50 ms latency (ideal 8.0 s);
 //! - `replicas`: `one_session` with two workers on one PostgreSQL database;
-//! - `priority`: one revoke published behind 200 due rotations of its session (10/s).
+//! - `priority`: one revoke published behind 200 due rotations of its session (10/s);
+//! - `backlog`: 100,000 revokes for one session at 5/s (`BENCH_BACKLOG`): the worker's
+//!   resident memory while the backlog moves into the database, which holds it.
 //!
 //! Each prints one line: requests at the provider, first request → last, the achieved
 //! rate ((requests − 1) ÷ that time) ÷ the allowed rate, the busiest window of the
@@ -695,6 +697,67 @@ async fn priority(db_kind: &str) -> Line {
     line
 }
 
+/// The resident memory of process `pid` (`VmRSS` or `VmHWM`), in MiB.
+fn rss_mib(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// How many commands wait in the scenario's database.
+async fn deferred(db_url: &str) -> u64 {
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    let conn = Database::connect(db_url).await.expect("database");
+    let n = entity::deferred_command::Entity::find()
+        .count(&conn)
+        .await
+        .unwrap_or(0);
+    let _ = conn.close().await;
+    n
+}
+
+/// 100,000 revokes for one session at 5/s: almost all of them wait in the database; the
+/// worker's resident memory at a tenth, half and all of them deferred.
+async fn backlog(db_kind: &str) {
+    let n = support::env_usize("BENCH_BACKLOG", 100_000);
+    let mut rig = Rig::new(db_kind, JITTER).await;
+    if !rig.start_workers(1, "5/s").await {
+        println!("backlog: no worker");
+        rig.finish().await;
+        return;
+    }
+    let pid = rig.workers[0].id();
+    let commands = (0..n).map(|i| command(CommandType::RevokeInvite, "backlog", &group_id(i)));
+    let started = Instant::now();
+    support::publish(&rig.topo, commands).await;
+    let mut marks = Vec::new();
+    for share in [10, 50, 100] {
+        let want = (n as u64 * share / 100).saturating_sub(50);
+        let end = Instant::now() + Duration::from_secs(600);
+        while deferred(&rig.db.url).await < want && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let rss = rss_mib(pid, "VmRSS:").unwrap_or(f64::NAN);
+        marks.push(format!(
+            "{share} %: {rss:.1} MiB after {}",
+            secs(started.elapsed())
+        ));
+    }
+    let peak = rss_mib(pid, "VmHWM:").unwrap_or(f64::NAN);
+    println!(
+        "backlog: {n} revokes for one session at 5/s ({db_kind}): worker RSS with \
+         {}; peak {peak:.1} MiB",
+        marks.join(", ")
+    );
+    rig.finish().await;
+}
+
 #[tokio::main]
 async fn main() {
     let db_kind = std::env::var("BENCH_DB").unwrap_or_else(|_| "sqlite".into());
@@ -722,5 +785,8 @@ async fn main() {
     }
     if !skip("priority") {
         priority(&db_kind).await.print();
+    }
+    if !skip("backlog") {
+        backlog(&db_kind).await;
     }
 }
