@@ -78,10 +78,11 @@ async fn two_server_errors_then_success_rotate_with_three_attempts(db: Db) {
     worker.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_after_is_honoured_before_the_next_attempt() {
+/// The time between a reset answered 429 with `Retry-After: secs` and its retry, which
+/// rotates the link on the second attempt.
+async fn retry_after_gap(secs: u64) -> Duration {
     let env = TestEnv::new(Db::Sqlite).await;
-    env.world.add_fault(fault("*.reset", 1, 429, Some(2)));
+    env.world.add_fault(fault("*.reset", 1, 429, Some(secs)));
     let mut events = env.tap_events().await;
     let worker = env.start_worker().await;
     let id = env.send(&[revoke("sales", &group(2))]).await[0];
@@ -90,12 +91,17 @@ async fn retry_after_is_honoured_before_the_next_attempt() {
     assert_eq!(got.last().unwrap().1["attempts"], 2);
     let resets = env.world.request_times("simulator.reset");
     assert_eq!(resets.len(), 2);
-    let gap = resets[1] - resets[0];
+    worker.stop().await;
+    resets[1] - resets[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_before_the_next_attempt() {
+    let gap = retry_after_gap(2).await;
     assert!(
         gap >= Duration::from_secs(2),
         "second attempt {gap:?} after a 429 with Retry-After: 2"
     );
-    worker.stop().await;
 }
 
 /// A wait longer than `retry.max_inline_wait` ends at its due time: a 429 asking for 3 s
@@ -103,22 +109,11 @@ async fn retry_after_is_honoured_before_the_next_attempt() {
 /// 5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_retry_after_is_retried_at_its_due_time() {
-    let env = TestEnv::new(Db::Sqlite).await;
-    env.world.add_fault(fault("*.reset", 1, 429, Some(3)));
-    let mut events = env.tap_events().await;
-    let worker = env.start_worker().await;
-    let id = env.send(&[revoke("sales", &group(5))]).await[0];
-
-    let got = events.until_command(id, WAIT).await;
-    assert_eq!(got.last().unwrap().1["attempts"], 2);
-    let resets = env.world.request_times("simulator.reset");
-    assert_eq!(resets.len(), 2);
-    let gap = resets[1] - resets[0];
+    let gap = retry_after_gap(3).await;
     assert!(
         gap >= Duration::from_secs(3) && gap < Duration::from_secs(4),
         "second attempt {gap:?} after a 429 with Retry-After: 3"
     );
-    worker.stop().await;
 }
 
 /// With one consumer slot, a command waiting 3 s for its retry must not block a command
