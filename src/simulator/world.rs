@@ -127,65 +127,6 @@ fn yes() -> bool {
     true
 }
 
-/// One request as it reached the world: before faults and latency, as the counters see
-/// it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestRecord {
-    /// What it hit, e.g. `waha.reset`.
-    pub route: String,
-    pub op: Op,
-    pub session: String,
-    pub group: String,
-    /// Its arrival, measured from the world's creation on tokio's clock (so a paused
-    /// clock in a test gives exact instants).
-    pub at: Duration,
-}
-
-/// A request in the log; [`RequestRecord`] once its instant is made relative.
-struct Logged {
-    route: String,
-    op: Op,
-    session: String,
-    group: String,
-    at: ClockInstant,
-}
-
-/// The latency added to each request: uniform in `[min, max]` (`min` when equal).
-#[derive(Clone, Copy, Debug, Default)]
-struct Latency {
-    min: Duration,
-    max: Duration,
-}
-
-impl Latency {
-    fn sample(self) -> Duration {
-        if self.max <= self.min {
-            return self.min;
-        }
-        let spread = u64::try_from((self.max - self.min).as_nanos()).unwrap_or(u64::MAX);
-        self.min + Duration::from_nanos(rand::rng().random_range(0..=spread))
-    }
-}
-
-/// The most of `arrivals` (in any order) that lie within one half-open window
-/// `[t, t + period)`, over every `t`. A busiest window can always start at an arrival, so
-/// only those are tried.
-pub fn busiest_window(arrivals: &[Duration], period: Duration) -> usize {
-    let mut at = arrivals.to_vec();
-    at.sort_unstable();
-    let mut most = 0;
-    let mut end = 0;
-    for (start, &t) in at.iter().enumerate() {
-        end = end.max(start);
-        let until = t.checked_add(period);
-        while end < at.len() && until.is_none_or(|u| at[end] < u) {
-            end += 1;
-        }
-        most = most.max(end - start);
-    }
-    most
-}
-
 struct Group {
     admin: bool,
     link: SimLink,
@@ -532,6 +473,11 @@ impl SimWorld {
         Ok(g.link.clone())
     }
 }
+
+mod traffic;
+
+use traffic::{Latency, Logged};
+pub use traffic::{RequestRecord, busiest_window};
 
 #[cfg(test)]
 mod tests;
