@@ -15,6 +15,9 @@ use invite_worker::{cli::Cli, ops::telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(result) = cli.run_standalone() {
+        return result.map_or_else(|failure| failure.exit(), |()| ExitCode::SUCCESS);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

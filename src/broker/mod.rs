@@ -10,4 +10,4 @@ mod topology;
 pub use connection::Broker;
 pub use publisher::{PublishError, Publisher, properties, text_headers};
 pub use relay::{Relay, RelayError};
-pub use topology::{Topology, declare};
+pub use topology::{COMMANDS_BINDING, Topology, declare};

@@ -53,6 +53,9 @@ impl Topology {
     }
 }
 
+/// The binding of the commands queue to the commands exchange.
+pub const COMMANDS_BINDING: &str = "command.#";
+
 /// A header or argument value as AMQP text.
 pub(super) fn text(v: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()))
@@ -86,7 +89,7 @@ pub async fn declare(ch: &Channel, topo: &Topology, queue_type: QueueType) -> la
     ch.queue_bind(
         topo.commands_queue().as_str().into(),
         topo.commands_exchange().as_str().into(),
-        "command.#".into(),
+        COMMANDS_BINDING.into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )

@@ -132,8 +132,7 @@ impl Pipeline {
 fn subject(cmd: &Command) -> Subject {
     Subject {
         command_id: Some(cmd.id.to_string()),
-        command_type: Some(cmd.kind.as_str().to_owned()),
-        trigger: Some(cmd.kind.trigger().to_owned()),
+        command_type: Some(cmd.kind),
         backend: Some(cmd.backend.clone()),
         session_id: Some(cmd.session.as_str().to_owned()),
         group_id: Some(cmd.group.as_str().to_owned()),

@@ -63,8 +63,7 @@ impl Pipeline {
     ) -> OutboxMessage {
         let subject = Subject {
             command_id,
-            command_type: rej.command_type.map(|c| c.as_str().to_owned()),
-            trigger: rej.command_type.map(|c| c.trigger().to_owned()),
+            command_type: rej.command_type,
             backend: rej.backend.clone(),
             session_id: rej.session_id.clone(),
             group_id: rej.group_id.clone(),

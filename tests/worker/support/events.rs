@@ -1,10 +1,20 @@
 //! The broker side of a test: publishing commands (through `send`'s code path, or raw
-//! bytes), a tap on every event, and draining the dead-letter queue.
+//! bytes), a tap on every event (each checked against its JSON Schema in `schemas/`),
+//! and draining the dead-letter queue.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use futures::StreamExt;
-use invite_worker::{broker, cli::send, config::QueueType, domain::CommandSpec};
+use invite_worker::{
+    broker,
+    cli::send,
+    config::QueueType,
+    domain::{CommandSpec, events, schema},
+};
 use lapin::{
     BasicProperties, Connection,
     options::{
@@ -168,6 +178,54 @@ pub(crate) struct EventProps {
     pub routing_key: String,
 }
 
+/// The validator of each event type's schema, as `schemas/` keeps it.
+fn validators() -> &'static BTreeMap<&'static str, (Arc<jsonschema::Validator>, Value)> {
+    static VALIDATORS: OnceLock<BTreeMap<&str, (Arc<jsonschema::Validator>, Value)>> =
+        OnceLock::new();
+    VALIDATORS.get_or_init(|| {
+        let file = |name: &str| {
+            let (.., file, _) = schema::ALL.iter().find(|(n, ..)| *n == name).expect(name);
+            let path = format!("{}/schemas/{file}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).expect("schema file");
+            let schema: Value = serde_json::from_str(&text).expect("schema JSON");
+            let validator = jsonschema::options()
+                .should_validate_formats(true)
+                .build(&schema)
+                .expect("a JSON Schema");
+            (Arc::new(validator), schema)
+        };
+        BTreeMap::from([
+            (events::ROTATED, file("rotated")),
+            (events::ROTATION_FAILED, file("rotation_failed")),
+        ])
+    })
+}
+
+/// Fails the test unless the event is valid against its type's schema, with no field the
+/// schema does not name.
+fn checked(event: (EventProps, Value)) -> (EventProps, Value) {
+    let body = &event.1;
+    let kind = body["event_type"].as_str().unwrap_or_default();
+    let (validator, schema) = validators()
+        .get(kind)
+        .unwrap_or_else(|| panic!("an event of no known type: {body}"));
+    let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "{kind} against its schema: {errors:?}\n{body:#}"
+    );
+    let named = schema["properties"].as_object().expect("properties");
+    let unnamed: Vec<&String> = body
+        .as_object()
+        .map(|o| o.keys().filter(|k| !named.contains_key(*k)).collect())
+        .unwrap_or_default();
+    assert!(
+        unnamed.is_empty(),
+        "{kind}: fields the schema does not name: {unnamed:?}"
+    );
+    event
+}
+
 pub(crate) struct EventTap {
     rx: mpsc::UnboundedReceiver<(EventProps, Value)>,
     _conn: Connection,
@@ -183,6 +241,17 @@ impl Drop for EventTap {
 impl EventTap {
     /// The next `n` events, failing the test if they do not arrive within `within`.
     pub(crate) async fn take(&mut self, n: usize, within: Duration) -> Vec<(EventProps, Value)> {
+        let got = self.take_unchecked(n, within).await;
+        got.into_iter().map(checked).collect()
+    }
+
+    /// [`EventTap::take`] without the schema check: for a test that publishes messages
+    /// of its own to the events exchange.
+    pub(crate) async fn take_unchecked(
+        &mut self,
+        n: usize,
+        within: Duration,
+    ) -> Vec<(EventProps, Value)> {
         let mut out = Vec::with_capacity(n);
         let deadline = tokio::time::Instant::now() + within;
         while out.len() < n {
@@ -208,6 +277,7 @@ impl EventTap {
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(e)) => {
+                    let e = checked(e);
                     let done = e.1["command_id"] == command_id.to_string();
                     out.push(e);
                     if done {
@@ -223,7 +293,7 @@ impl EventTap {
     pub(crate) fn drain_now(&mut self) -> Vec<(EventProps, Value)> {
         let mut out = Vec::new();
         while let Ok(e) = self.rx.try_recv() {
-            out.push(e);
+            out.push(checked(e));
         }
         out
     }
