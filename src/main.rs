@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(failure) => return failure.exit(),
     };
-    telemetry::init(&settings.log, cli.is_one_shot());
+    let _telemetry = telemetry::init(&settings.log, &settings.telemetry, cli.is_one_shot());
     match runtime.block_on(cli.run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.exit(),

@@ -26,6 +26,14 @@ pub struct OutboxMessage {
     pub payload: Vec<u8>,
 }
 
+impl OutboxMessage {
+    /// The message with these headers added (an event's trace context, say).
+    pub fn with_headers(mut self, headers: &[(String, String)]) -> Self {
+        self.headers.extend_from_slice(headers);
+        self
+    }
+}
+
 /// Who and what an event is about: the part shared by both event types.
 #[derive(Clone, Debug)]
 pub struct Subject {

@@ -15,3 +15,4 @@ mod scheduler;
 mod secrets;
 mod shutdown;
 mod support;
+mod traces;

@@ -13,7 +13,7 @@ use crate::{
         BackendError, Rejection,
         events::{self, OutboxMessage, Subject},
     },
-    ops::metrics as m,
+    ops::{metrics as m, trace},
     store,
 };
 
@@ -37,7 +37,10 @@ impl Pipeline {
         let mut row = None;
         if rej.is_attributable() {
             let t = Utc::now();
-            let event = self.rejection_event(rej, command_id.clone(), t);
+            let traced = trace::caused_by(&tracing::Span::current(), origin);
+            let event = self
+                .rejection_event(rej, command_id.clone(), t)
+                .with_headers(&traced);
             row = Some(finished_row(rej, command_id.clone(), &event, t));
             messages.push(event);
         }

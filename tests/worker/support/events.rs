@@ -14,6 +14,7 @@ use invite_worker::{
     cli::send,
     config::QueueType,
     domain::{CommandSpec, events, schema},
+    ops::trace,
 };
 use lapin::{
     BasicProperties, Connection,
@@ -21,7 +22,7 @@ use lapin::{
         BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
         QueueBindOptions, QueueDeclareOptions,
     },
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use serde_json::Value;
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -29,10 +30,32 @@ use uuid::Uuid;
 
 use super::TestEnv;
 
+/// A non-zero span id.
+fn rand_span_id() -> u64 {
+    (Uuid::new_v4().as_u128() as u64).max(1)
+}
+
 impl TestEnv {
     /// Publishes commands through the same code path as `invite-worker send`.
     pub(crate) async fn send(&self, specs: &[CommandSpec]) -> Vec<Uuid> {
         send::publish(&self.settings, specs).await.expect("send")
+    }
+
+    /// Publishes commands as `send` would, each with a `traceparent` header of a trace
+    /// of its own; returns their ids and trace ids.
+    pub(crate) async fn send_traced(&self, specs: &[CommandSpec]) -> Vec<(Uuid, String)> {
+        let mut out = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let id = spec.command_id.unwrap_or_else(Uuid::new_v4);
+            let trace_id = format!("{:032x}", Uuid::new_v4().as_u128());
+            let parent = format!("00-{trace_id}-{:016x}-01", rand_span_id());
+            let mut headers = FieldTable::default();
+            headers.insert("traceparent".into(), AMQPValue::LongString(parent.into()));
+            let key = spec.kind.routing_key();
+            self.publish_raw_with(&spec.body(id), &key, headers).await;
+            out.push((id, trace_id));
+        }
+        out
     }
 
     /// Publishes raw bytes to the commands exchange.
@@ -119,6 +142,7 @@ impl TestEnv {
                         .map(|s| s.to_string()),
                     persistent: *d.properties.delivery_mode() == Some(2),
                     routing_key: d.routing_key.to_string(),
+                    headers: broker::text_headers(&d.properties),
                 };
                 if tx.send((props, body)).is_err() {
                     break;
@@ -176,6 +200,15 @@ pub(crate) struct EventProps {
     pub correlation_id: Option<String>,
     pub persistent: bool,
     pub routing_key: String,
+    /// The headers with text values (`traceparent`, …).
+    pub headers: Vec<(String, String)>,
+}
+
+impl EventProps {
+    /// The trace id of the event's `traceparent` header, when it has a valid one.
+    pub(crate) fn trace_id(&self) -> Option<String> {
+        trace::trace_id(&self.headers)
+    }
 }
 
 /// The validator of each event type's schema, as `schemas/` keeps it.
