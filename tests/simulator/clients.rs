@@ -40,6 +40,8 @@ async fn run_client(module: &str, script: &str, args: &[&str]) -> Option<Value> 
     let run = Command::new(&python)
         .arg(path)
         .args(args)
+        // jsii's notice that this Node.js is past its end of life, on every call.
+        .env("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(120), run)
