@@ -15,6 +15,9 @@ use invite_worker::{cli::Cli, ops::telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(result) = cli.run_standalone() {
+        return result.map_or_else(|failure| failure.exit(), |()| ExitCode::SUCCESS);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -26,7 +29,7 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(failure) => return failure.exit(),
     };
-    telemetry::init(&settings.log, cli.is_one_shot());
+    let _telemetry = telemetry::init(&settings.log, &settings.telemetry, cli.is_one_shot());
     match runtime.block_on(cli.run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.exit(),

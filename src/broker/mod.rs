@@ -15,4 +15,4 @@ pub use declarations::{
 };
 pub use publisher::{Confirm, PublishError, Publisher, properties, text_headers};
 pub use relay::{Relay, RelayError};
-pub use topology::{DURABLE, QueueOptions, Topology, declare};
+pub use topology::{COMMANDS_BINDING, DURABLE, QueueOptions, Topology, declare};

@@ -58,6 +58,9 @@ impl Topology {
     }
 }
 
+/// The binding of the commands queue to the commands exchange.
+pub const COMMANDS_BINDING: &str = "command.#";
+
 /// A header or argument value as AMQP text.
 pub(super) fn text(v: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()))
@@ -167,7 +170,7 @@ pub(super) async fn bind_commands_queue(ch: &Channel, topo: &Topology) -> lapin:
     ch.queue_bind(
         topo.commands_queue().as_str().into(),
         topo.commands_exchange().as_str().into(),
-        "command.#".into(),
+        COMMANDS_BINDING.into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use self::dead_letters::Selection;
 use crate::{
     config::{QueueType, Settings},
-    domain::CommandType,
+    domain::{CommandType, schema},
     store::{GroupKey, Store, StoreError},
     worker::Worker,
 };
@@ -72,12 +72,27 @@ enum Cmd {
     Pause(pauses::PauseArgs),
     /// Release the commands `pause` held.
     Resume(pauses::ResumeArgs),
+    /// Print the JSON Schema (draft 2020-12) of the command or of an event, as kept in
+    /// `schemas/`.
+    Schema {
+        #[arg(value_enum)]
+        which: SchemaName,
+    },
     /// Print events as JSON lines as they are published (a private temporary queue).
     Watch {
         /// Routing-key pattern, e.g. `invite_link.rotation_failed`.
         #[arg(long, default_value = "#")]
         pattern: String,
     },
+}
+
+/// The schemas `schema` prints (`domain::schema::ALL`).
+#[derive(Clone, Copy, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum SchemaName {
+    Command,
+    Rotated,
+    RotationFailed,
 }
 
 #[derive(Subcommand)]
@@ -180,6 +195,16 @@ impl Cli {
             self.command,
             Cmd::Run | Cmd::Simulate { .. } | Cmd::Watch { .. }
         )
+    }
+
+    /// Runs a command that needs no configuration and prints only (`schema`): `None`
+    /// for every other command.
+    pub fn run_standalone(&self) -> Option<Result<(), Failure>> {
+        let Cmd::Schema { which } = self.command else {
+            return None;
+        };
+        print_schema(which);
+        Some(Ok(()))
     }
 
     /// Runs the command on `settings` (see [`Cli::settings`]).
@@ -300,6 +325,7 @@ impl Cli {
                 tokio::spawn(stop_on_signal(shutdown.clone()));
                 watch::watch(&settings, &pattern, shutdown.cancelled_owned()).await?;
             }
+            Cmd::Schema { which } => print_schema(which),
             Cmd::Pause(args) => pauses::pause(&settings, args).await?,
             Cmd::Resume(args) => pauses::resume(&settings, args).await?,
             Cmd::Config(ConfigCmd::Check) => {
@@ -309,6 +335,16 @@ impl Cli {
         }
         Ok(())
     }
+}
+
+/// Prints one schema as `schemas/` holds it.
+fn print_schema(which: SchemaName) {
+    let schema = match which {
+        SchemaName::Command => schema::command(),
+        SchemaName::Rotated => schema::rotated(),
+        SchemaName::RotationFailed => schema::rotation_failed(),
+    };
+    print!("{}", schema::to_file_text(&schema));
 }
 
 /// A failure with its exit code.

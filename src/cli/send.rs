@@ -7,7 +7,7 @@ use std::time::Duration;
 use lapin::{
     BasicProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
-    types::ShortString,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use uuid::Uuid;
 
@@ -16,6 +16,7 @@ use crate::{
     broker::Broker,
     config::Settings,
     domain::{CommandSpec, CommandType},
+    ops::trace,
 };
 
 /// Commands published before waiting for their confirms.
@@ -78,7 +79,8 @@ pub async fn publish_batched(
                 let props = BasicProperties::default()
                     .with_content_type("application/json".into())
                     .with_delivery_mode(2)
-                    .with_message_id(ShortString::from(id.to_string()));
+                    .with_message_id(ShortString::from(id.to_string()))
+                    .with_headers(trace_headers(id));
                 let confirm = ch
                     .basic_publish(
                         topo.commands_exchange().as_str().into(),
@@ -111,6 +113,18 @@ pub async fn publish_batched(
     let _ = ch.close(200, "OK".into()).await;
     broker.close().await;
     outcome.map(|()| results)
+}
+
+/// The headers of a command `send` publishes: a new trace, with a `send` span of its own
+/// when spans are exported (docs/contract.md, "Tracing").
+fn trace_headers(id: Uuid) -> FieldTable {
+    let span = tracing::info_span!("send", command_id = %id);
+    let mut headers = FieldTable::default();
+    for (name, value) in trace::start(&span) {
+        let value = AMQPValue::LongString(LongString::from(value.into_bytes()));
+        headers.insert(ShortString::from(name), value);
+    }
+    headers
 }
 
 /// The one command of `send revoke|rotate` without `--from-file`, validated as the worker

@@ -16,6 +16,7 @@ mod amqp;
 mod backend;
 mod breaker;
 mod secret;
+mod telemetry;
 
 pub use amqp::{AmqpSettings, AmqpUrls, QueueType};
 
@@ -25,6 +26,7 @@ pub use backend::{
 pub use breaker::BreakerSettings;
 pub use secret::Secret;
 use secret::redact_url;
+pub use telemetry::TelemetrySettings;
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
 pub const ENV_PREFIX: &str = "INVITE_WORKER__";
@@ -40,6 +42,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub worker: WorkerSettings,
     pub breaker: BreakerSettings,
+    pub telemetry: TelemetrySettings,
     pub default_backend: String,
     pub backends: BTreeMap<String, BackendSettings>,
 }
@@ -185,6 +188,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             worker: WorkerSettings::default(),
             breaker: BreakerSettings::default(),
+            telemetry: TelemetrySettings::default(),
             default_backend: DEFAULT_BACKEND.into(),
             backends: BTreeMap::new(),
         }
@@ -321,6 +325,9 @@ impl Settings {
             return err("rotation.rate_share", "must be between 0.01 and 1");
         }
         if let Err((key, problem)) = self.breaker.check() {
+            return err(key, problem);
+        }
+        if let Err((key, problem)) = self.telemetry.check() {
             return err(key, problem);
         }
         if self.rotation.link_ttl.is_zero() {

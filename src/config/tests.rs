@@ -94,6 +94,24 @@ fn values_the_worker_could_not_use_are_named() {
 }
 
 #[test]
+fn an_otlp_endpoint_is_off_by_default_and_must_be_an_http_url() {
+    let s = load("", &[]).unwrap();
+    assert_eq!(s.telemetry.traces_url(), None);
+    for bad in ["localhost:4318", "ftp://h", "http://", "grpc://h:4317"] {
+        let toml = format!("[telemetry]\notlp_endpoint = \"{bad}\"\n");
+        let e = load(&toml, &[]).unwrap_err().to_string();
+        assert!(e.contains("telemetry.otlp_endpoint"), "{bad}: {e}");
+    }
+    let env = [(
+        "INVITE_WORKER__TELEMETRY__OTLP_ENDPOINT",
+        "http://127.0.0.1:4318/",
+    )];
+    let s = load("", &env).unwrap();
+    let url = s.telemetry.traces_url();
+    assert_eq!(url.as_deref(), Some("http://127.0.0.1:4318/v1/traces"));
+}
+
+#[test]
 fn unknown_kind_is_named() {
     let e = load("[backends.x]\nkind = \"telegram\"\n", &[])
         .unwrap_err()

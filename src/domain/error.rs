@@ -6,7 +6,7 @@ use std::{fmt, time::Duration};
 use serde::Serialize;
 
 /// The contract's error kinds (docs/contract.md §5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     InvalidCommand,

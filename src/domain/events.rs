@@ -2,10 +2,11 @@
 //! dead-letter copies of commands.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{BackendError, ErrorKind, Link};
+use super::{BackendError, CommandType, ErrorKind, Link};
 
 pub const SCHEMA_VERSION: u32 = 1;
 pub const ROTATED: &str = "invite_link.rotated";
@@ -25,12 +26,20 @@ pub struct OutboxMessage {
     pub payload: Vec<u8>,
 }
 
+impl OutboxMessage {
+    /// The message with these headers added (an event's trace context, say).
+    pub fn with_headers(mut self, headers: &[(String, String)]) -> Self {
+        self.headers.extend_from_slice(headers);
+        self
+    }
+}
+
 /// Who and what an event is about: the part shared by both event types.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Subject {
     pub command_id: Option<String>,
-    pub command_type: Option<String>,
-    pub trigger: Option<String>,
+    /// `None` for an invalid command whose type could not be read (and then no trigger).
+    pub command_type: Option<CommandType>,
     pub backend: Option<String>,
     pub session_id: Option<String>,
     pub group_id: Option<String>,
@@ -38,45 +47,112 @@ pub struct Subject {
     pub requested_by: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a, B: Serialize> {
+/// Why a link was rotated: `revoke` for a `revoke_invite` command, `expiry` for a
+/// `rotate_expiring_link` one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Revoke,
+    Expiry,
+}
+
+impl From<CommandType> for Trigger {
+    fn from(kind: CommandType) -> Self {
+        match kind {
+            CommandType::RevokeInvite => Self::Revoke,
+            CommandType::RotateExpiringLink => Self::Expiry,
+        }
+    }
+}
+
+// The structs below are serialised as the events' bodies and give their JSON Schemas
+// (`super::schema`): their doc comments become the schemas' descriptions.
+
+/// The envelope both event types share (docs/contract.md §5). Every field is always
+/// present, null where the contract says so.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct Envelope<'a, B: Serialize> {
+    /// Unique per event and stable across redeliveries: deduplicate by it.
+    #[schemars(with = "Uuid")]
     event_id: String,
+    /// The routing key of the event.
+    #[schemars(with = "String")]
     event_type: &'static str,
+    /// Bumped by a breaking change only.
+    #[schemars(extend("const" = SCHEMA_VERSION))]
     schema_version: u32,
+    /// When the outcome was decided, RFC 3339 UTC to the second.
+    #[schemars(with = "DateTime<Utc>")]
     occurred_at: String,
+    /// The command this event reports on.
+    #[schemars(with = "Uuid")]
     command_id: &'a Option<String>,
-    command_type: &'a Option<String>,
-    trigger: &'a Option<String>,
+    /// Null for an invalid command whose type could not be read.
+    command_type: Option<CommandType>,
+    /// `revoke` for `revoke_invite`, `expiry` for `rotate_expiring_link`; null when the
+    /// command type is.
+    trigger: Option<Trigger>,
+    /// The configured backend name; null when an invalid command's does not fit.
+    #[schemars(length(min = 1, max = 64))]
     backend: &'a Option<String>,
+    /// Null when an invalid command's does not fit.
+    #[schemars(length(min = 1, max = 128))]
     session_id: &'a Option<String>,
+    /// Null when an invalid command's does not fit.
+    #[schemars(length(min = 1, max = 256))]
     group_id: &'a Option<String>,
+    /// Tries of the reset call, from 1; 0 when no reset was tried.
+    #[schemars(range(min = 0))]
     attempts: i32,
+    /// As the command gave it; null when it gave none.
+    #[schemars(length(max = 500))]
     reason: &'a Option<String>,
+    /// As the command gave it; null when it gave none.
+    #[schemars(length(max = 500))]
     requested_by: &'a Option<String>,
     #[serde(flatten)]
     body: B,
 }
 
-#[derive(Serialize)]
-struct RotatedBody {
+/// What `invite_link.rotated` adds to the envelope.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct RotatedBody {
+    /// The new link, `https://chat.whatsapp.com/<invite_code>`.
+    #[schemars(pattern(LINK_PATTERN))]
     invite_link: String,
+    /// The new code.
+    #[schemars(pattern(CODE_PATTERN))]
     invite_code: String,
+    /// The code replaced; null when unknown (a meta_cloud group not tracked before).
+    #[schemars(pattern(CODE_PATTERN))]
     previous_invite_code: Option<String>,
+    /// When the new link is taken to expire, RFC 3339 UTC to the second.
+    #[schemars(with = "DateTime<Utc>")]
     expires_at: String,
-    expires_at_source: &'static str,
+    expires_at_source: ExpirySource,
 }
 
-#[derive(Serialize)]
-struct FailedBody<'a> {
+/// What `invite_link.rotation_failed` adds to the envelope.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct FailedBody<'a> {
     error: ErrorBody<'a>,
 }
 
-#[derive(Serialize)]
+/// Why the command failed.
+#[derive(Serialize, JsonSchema)]
 struct ErrorBody<'a> {
     kind: ErrorKind,
+    /// A human-readable cause; never contains a token.
     message: &'a str,
+    /// The provider's HTTP status; null when no HTTP answer was involved.
+    #[schemars(range(min = 100, max = 599))]
     http_status: Option<u16>,
 }
+
+/// An invite code as events carry it.
+pub(super) const CODE_PATTERN: &str = "^[A-Za-z0-9]+$";
+/// An invite link as events carry it.
+pub(super) const LINK_PATTERN: &str = "^https://chat\\.whatsapp\\.com/[A-Za-z0-9]+$";
 
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -97,8 +173,8 @@ fn event<B: Serialize>(
         schema_version: SCHEMA_VERSION,
         occurred_at: rfc3339(occurred_at),
         command_id: &subject.command_id,
-        command_type: &subject.command_type,
-        trigger: &subject.trigger,
+        command_type: subject.command_type,
+        trigger: subject.command_type.map(Trigger::from),
         backend: &subject.backend,
         session_id: &subject.session_id,
         group_id: &subject.group_id,
@@ -118,8 +194,10 @@ fn event<B: Serialize>(
     }
 }
 
-/// Where the reported expiry came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where the reported expiry came from: `backend` when the provider reported it (only
+/// wasend does), `policy` for issue time + `rotation.link_ttl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum ExpirySource {
     Backend,
     Policy,
@@ -150,7 +228,7 @@ pub fn rotated(
         invite_code: link.code.as_str().to_owned(),
         previous_invite_code: previous_code.map(str::to_owned),
         expires_at: rfc3339(expires_at),
-        expires_at_source: source.as_str(),
+        expires_at_source: source,
     };
     event(exchange, ROTATED, subject, attempts, now, body)
 }
@@ -232,8 +310,7 @@ mod tests {
     fn subject() -> Subject {
         Subject {
             command_id: Some("c1".into()),
-            command_type: Some("revoke_invite".into()),
-            trigger: Some("revoke".into()),
+            command_type: Some(CommandType::RevokeInvite),
             backend: Some("sim".into()),
             session_id: Some("s".into()),
             group_id: Some("1@g.us".into()),

@@ -1,12 +1,13 @@
 //! The contract's vocabulary: commands and their validated parts, invite links, error
-//! kinds, backend kinds and events. Imports nothing else of the crate; every other
-//! module speaks in these types.
+//! kinds, backend kinds, events and their JSON Schemas. Imports nothing else of the
+//! crate; every other module speaks in these types.
 
 pub mod command;
 pub mod error;
 pub mod events;
 pub mod kind;
 pub mod link;
+pub mod schema;
 
 pub use command::{
     BackendResolver, Command, CommandId, CommandSpec, CommandType, GroupId, GroupIdStyle, IdError,

@@ -21,7 +21,7 @@ use crate::{
         CommandSpec, CommandType,
         events::{OutboxMessage, rfc3339},
     },
-    ops::metrics as m,
+    ops::{metrics as m, trace},
     store::{Store, StoreError},
     worker::pacing::Grid,
 };
@@ -141,7 +141,8 @@ impl Scheduler {
             message_id: Some(id.to_string()),
             message_type: None,
             correlation_id: None,
-            headers: Vec::new(),
+            // Each scheduled rotation starts a trace of its own.
+            headers: trace::start(&tracing::Span::current()),
             payload: spec.body(id),
         })
     }

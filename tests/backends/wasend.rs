@@ -104,6 +104,7 @@ async fn wasend_invite_code_family_revokes_and_accepts_each_tolerated_body() {
         json!({"success": true, "inviteCode": NEW_CODE}),
         json!({"success": true, "inviteLink": link(NEW_CODE)}),
         json!({"success": true, "code": NEW_CODE}),
+        json!(NEW_CODE),
         json!(link(NEW_CODE)),
     ] {
         let (server, backend) = serve_invite_code_family().await;

@@ -2,8 +2,10 @@
 //! resolves to a file or directory of the repository, and every `#anchor` to a heading of
 //! its target (GitHub's slugs); nothing points outside the repository; the publishers the
 //! README shows are the examples' code, verbatim; the repository paths and the tests the
-//! documents cite exist ([`citations`]).
+//! documents cite exist ([`citations`]); `asyncapi.yaml` is valid AsyncAPI 3.0 and names
+//! what the code names ([`asyncapi`]).
 
+mod asyncapi;
 mod citations;
 
 use std::{

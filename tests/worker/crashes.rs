@@ -1,7 +1,8 @@
 //! Crash safety (docs/contract.md §6.1–6.3): the real binary is aborted at each failpoint (or
 //! SIGKILLed mid-stream), restarted without it, and every command still ends with
 //! exactly one outcome and one event_id; on a kind that can read the link, exactly one
-//! reset happens per command and the announced link is the current one.
+//! reset happens per command and the announced link is the current one. Each event is in
+//! its command's trace, also when published from the outbox after the crash.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -62,17 +63,22 @@ fn commands(kind: BackendKind, n: usize) -> (Vec<(String, String)>, Vec<CommandS
         .unzip()
 }
 
-/// Event ids seen on the tap per command_id, polled until every id in `ids` has one.
+/// Event ids seen on the tap per command_id, polled until every id in `ids` has one;
+/// each event of a command in `traces` (command_id → trace id) must be in that trace.
 async fn event_ids(
     tap: &mut EventTap,
     ids: &[Uuid],
     seen: &mut HashMap<String, HashSet<String>>,
+    traces: &HashMap<String, String>,
     within: Duration,
 ) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        for (_, e) in tap.drain_now() {
+        for (props, e) in tap.drain_now() {
             if let (Some(c), Some(ev)) = (e["command_id"].as_str(), e["event_id"].as_str()) {
+                if let Some(trace) = traces.get(c) {
+                    assert_eq!(props.trace_id().as_ref(), Some(trace), "{c}: {props:?}");
+                }
                 seen.entry(c.to_owned()).or_default().insert(ev.to_owned());
             }
         }
@@ -156,6 +162,7 @@ async fn crash_at_with(point: &str, kind: BackendKind, tracked: bool) {
             &mut tap,
             &first,
             &mut HashMap::new(),
+            &HashMap::new(),
             Duration::from_secs(60),
         )
         .await;
@@ -163,7 +170,12 @@ async fn crash_at_with(point: &str, kind: BackendKind, tracked: bool) {
         let status = worker.exit_within(Duration::from_secs(30)).await;
         assert!(status.success(), "{status:?}\n{}", worker.log_tail());
     }
-    let ids = env.send(&specs).await;
+    let traced = env.send_traced(&specs).await;
+    let ids: Vec<Uuid> = traced.iter().map(|(id, _)| *id).collect();
+    let traces: HashMap<String, String> = traced
+        .into_iter()
+        .map(|(id, trace)| (id.to_string(), trace))
+        .collect();
 
     let mut crashed = WorkerProcess::spawn(&penv, Some(point), log.clone());
     let status = crashed.exit_within(Duration::from_secs(60)).await;
@@ -176,11 +188,12 @@ async fn crash_at_with(point: &str, kind: BackendKind, tracked: bool) {
 
     let mut worker = WorkerProcess::spawn(&penv, None, log);
     let mut seen = HashMap::new();
-    event_ids(&mut tap, &ids, &mut seen, Duration::from_secs(60)).await;
+    let within = Duration::from_secs(60);
+    event_ids(&mut tap, &ids, &mut seen, &traces, within).await;
     worker.terminate();
     let status = worker.exit_within(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}\n{}", worker.log_tail());
-    event_ids(&mut tap, &ids, &mut seen, Duration::ZERO).await;
+    event_ids(&mut tap, &ids, &mut seen, &traces, Duration::ZERO).await;
     assert_one_outcome_each(&env, &ids, &seen).await;
     if point == failpoint::AFTER_RESET && kind.can_read() {
         assert!(
@@ -278,10 +291,18 @@ async fn a_sigkill_mid_stream_loses_nothing_and_resets_once_per_command() {
 
     let mut worker = WorkerProcess::spawn(&penv, None, log);
     let mut seen = HashMap::new();
-    event_ids(&mut tap, &ids, &mut seen, Duration::from_secs(90)).await;
+    let untraced = HashMap::new();
+    event_ids(
+        &mut tap,
+        &ids,
+        &mut seen,
+        &untraced,
+        Duration::from_secs(90),
+    )
+    .await;
     worker.terminate();
     assert!(worker.exit_within(Duration::from_secs(30)).await.success());
-    event_ids(&mut tap, &ids, &mut seen, Duration::ZERO).await;
+    event_ids(&mut tap, &ids, &mut seen, &untraced, Duration::ZERO).await;
     assert_one_outcome_each(&env, &ids, &seen).await;
     let stats = sim.stats().await;
     for (session, g) in &groups {

@@ -17,3 +17,4 @@ mod scheduler;
 mod secrets;
 mod shutdown;
 mod support;
+mod traces;

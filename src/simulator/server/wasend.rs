@@ -1,5 +1,7 @@
 //! Wasend's dialect: Bearer auth, the `invite-link` and older `invite-code` endpoint
-//! families, `{"success": false, "error": …}` refusals.
+//! families, `{"success": false, "error": …}` refusals. The `invite-code` family answers
+//! as the service answers Wasend's official SDK, which declares a plain string: the bare
+//! code (as WAHA, on which it runs, does).
 
 use axum::{
     Router,
@@ -39,7 +41,9 @@ pub(super) fn routes() -> Router<AppState> {
 enum WasendFamily {
     /// `invite-link`, the seeds' family: full link plus `expiresAt`.
     Link,
-    /// `invite-code`, the older SDK family: `inviteCode` only.
+    /// `invite-code`, the family of the official SDK (`wasend` on PyPI, `@wasend/core`):
+    /// the code as a bare JSON string, the SDK's declared answer. An object in its place
+    /// makes the SDK raise after the reset went through.
     Code,
 }
 
@@ -60,7 +64,7 @@ async fn wasend(
             "inviteLink": url_of(link),
             "expiresAt": link.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         }),
-        WasendFamily::Code => json!({ "success": true, "inviteCode": link.code }),
+        WasendFamily::Code => Value::String(link.code.clone()),
     })
     .await
 }

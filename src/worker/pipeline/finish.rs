@@ -12,7 +12,7 @@ use crate::{
         Command, Link,
         events::{self, ExpirySource, OutboxMessage, Subject},
     },
-    ops::{failpoint, metrics as m},
+    ops::{failpoint, metrics as m, trace},
     store::{Completion, Outcome},
 };
 
@@ -86,7 +86,9 @@ impl Pipeline {
     }
 
     /// What an outcome publishes: `rotated`; `rotation_failed` and the command's
-    /// dead-letter copy; nothing for a skip.
+    /// dead-letter copy; nothing for a skip. The event carries the trace context of the
+    /// command's span (stored with it in the outbox), the copy the headers the command
+    /// arrived with.
     fn outcome_messages(
         &self,
         ctx: &Ctx<'_>,
@@ -97,13 +99,15 @@ impl Pipeline {
         let cmd = ctx.cmd;
         let exchange = self.topology.events_exchange();
         let subject = subject(cmd);
+        let traced = trace::caused_by(&tracing::Span::current(), ctx.origin);
+        let event = |m: OutboxMessage| m.with_headers(&traced);
         match outcome {
             Outcome::Rotated {
                 link,
                 previous_code,
                 expires_at,
                 source,
-            } => vec![events::rotated(
+            } => vec![event(events::rotated(
                 &exchange,
                 &subject,
                 attempts,
@@ -112,10 +116,12 @@ impl Pipeline {
                 *expires_at,
                 *source,
                 now,
-            )],
+            ))],
             Outcome::Skipped => Vec::new(),
             Outcome::Failed(e) => vec![
-                events::rotation_failed(&exchange, &subject, attempts, e, now),
+                event(events::rotation_failed(
+                    &exchange, &subject, attempts, e, now,
+                )),
                 events::dead_letter(
                     &self.topology.dead_queue(),
                     ctx.body,
@@ -132,8 +138,7 @@ impl Pipeline {
 fn subject(cmd: &Command) -> Subject {
     Subject {
         command_id: Some(cmd.id.to_string()),
-        command_type: Some(cmd.kind.as_str().to_owned()),
-        trigger: Some(cmd.kind.trigger().to_owned()),
+        command_type: Some(cmd.kind),
         backend: Some(cmd.backend.clone()),
         session_id: Some(cmd.session.as_str().to_owned()),
         group_id: Some(cmd.group.as_str().to_owned()),

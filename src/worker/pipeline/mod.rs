@@ -30,7 +30,7 @@ use crate::{
     broker::Topology,
     config::{BackendSettings, Settings},
     domain::{BackendError, BackendResolver, Command, ErrorKind, GroupIdStyle, Link, command},
-    ops::metrics as m,
+    ops::{metrics as m, trace},
     store::{self, Store, StoreError},
 };
 
@@ -347,6 +347,9 @@ impl Pipeline {
                     group = %cmd.group,
                     attempt = tracing::field::Empty,
                 );
+                // A child of the publisher's span when the command carries its trace
+                // context (kept across deferral and redelivery with the origin headers).
+                trace::adopt(&span, received.origin);
                 let started = std::time::Instant::now();
                 let result = self.run(&cmd, received, first).instrument(span).await;
                 m::command_duration(cmd.kind, started.elapsed());

@@ -13,7 +13,7 @@ use crate::{
         BackendError, Rejection,
         events::{self, OutboxMessage, Subject},
     },
-    ops::metrics as m,
+    ops::{metrics as m, trace},
     store,
 };
 
@@ -37,7 +37,10 @@ impl Pipeline {
         let mut row = None;
         if rej.is_attributable() {
             let t = Utc::now();
-            let event = self.rejection_event(rej, command_id.clone(), t);
+            let traced = trace::caused_by(&tracing::Span::current(), origin);
+            let event = self
+                .rejection_event(rej, command_id.clone(), t)
+                .with_headers(&traced);
             row = Some(finished_row(rej, command_id.clone(), &event, t));
             messages.push(event);
         }
@@ -63,8 +66,7 @@ impl Pipeline {
     ) -> OutboxMessage {
         let subject = Subject {
             command_id,
-            command_type: rej.command_type.map(|c| c.as_str().to_owned()),
-            trigger: rej.command_type.map(|c| c.trigger().to_owned()),
+            command_type: rej.command_type,
             backend: rej.backend.clone(),
             session_id: rej.session_id.clone(),
             group_id: rej.group_id.clone(),

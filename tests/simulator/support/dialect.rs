@@ -154,22 +154,33 @@ impl Provider {
         }
     }
 
-    /// Picks the code out of a success body, checking the body's shape on the way.
+    /// Picks the code out of a success body, checking that the body has exactly the shape
+    /// the provider's own client reads (no field missing, none added).
     pub(crate) fn code_in(self, op: Op, body: &Value) -> String {
         let code = match self {
             Provider::Wasend => {
+                assert_fields(body, &["success", "inviteLink", "expiresAt"]);
                 assert_eq!(body["success"], true);
                 let expires = body["expiresAt"].as_str().expect("expiresAt");
                 chrono::DateTime::parse_from_rfc3339(expires).expect("RFC 3339 expiresAt");
                 code_from_link(&body["inviteLink"])
             }
-            Provider::WasendCode => {
-                assert_eq!(body["success"], true);
-                body["inviteCode"].as_str().expect("inviteCode").to_owned()
+            // Wasend's official SDK declares a plain string (`getGroupInviteCode`,
+            // `revokeGroupInviteCode` in `@wasend/core`) and raises on anything else.
+            Provider::WasendCode => body
+                .as_str()
+                .unwrap_or_else(|| panic!("not a bare code string: {body}"))
+                .to_owned(),
+            Provider::Wawp => {
+                assert_fields(body, &["code"]);
+                body["code"].as_str().expect("code").to_owned()
             }
-            Provider::Wawp => body["code"].as_str().expect("code").to_owned(),
-            Provider::Gateway => code_from_link(&body["invite"]),
+            Provider::Gateway => {
+                assert_fields(body, &["invite"]);
+                code_from_link(&body["invite"])
+            }
             Provider::Meta => {
+                assert_fields(body, &["messaging_product", "invite_link"]);
                 assert_eq!(body["messaging_product"], "whatsapp");
                 code_from_link(&body["invite_link"])
             }
@@ -177,8 +188,14 @@ impl Provider {
             Provider::Evolution => {
                 let code = body["inviteCode"].as_str().expect("inviteCode").to_owned();
                 match op {
-                    Op::Read => assert_eq!(body["inviteUrl"], format!("{LINK}{code}")),
-                    Op::Reset => assert_eq!(body["revoked"], true),
+                    Op::Read => {
+                        assert_fields(body, &["inviteUrl", "inviteCode"]);
+                        assert_eq!(body["inviteUrl"], format!("{LINK}{code}"));
+                    }
+                    Op::Reset => {
+                        assert_fields(body, &["revoked", "inviteCode"]);
+                        assert_eq!(body["revoked"], true);
+                    }
                 }
                 code
             }
@@ -298,4 +315,18 @@ impl Provider {
         self.assert_refused(refusal, status, &body);
         (status, retry_after)
     }
+}
+
+/// Asserts that `body` is an object with exactly these fields.
+fn assert_fields(body: &Value, fields: &[&str]) {
+    let mut have: Vec<&str> = body
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {body}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut want = fields.to_vec();
+    have.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(have, want, "{body}");
 }

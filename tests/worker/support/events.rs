@@ -1,17 +1,28 @@
 //! The broker side of a test: publishing commands (through `send`'s code path, or raw
-//! bytes), a tap on every event, and draining the dead-letter queue.
+//! bytes), a tap on every event (each checked against its JSON Schema in `schemas/`),
+//! and draining the dead-letter queue.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use futures::StreamExt;
-use invite_worker::{broker, cli::send, config::QueueType, domain::CommandSpec};
+use invite_worker::{
+    broker,
+    cli::send,
+    config::QueueType,
+    domain::{CommandSpec, events, schema},
+    ops::trace,
+};
 use lapin::{
     BasicProperties, Connection,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
         QueueBindOptions, QueueDeclareOptions,
     },
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use serde_json::Value;
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -19,10 +30,32 @@ use uuid::Uuid;
 
 use super::TestEnv;
 
+/// A non-zero span id.
+fn rand_span_id() -> u64 {
+    (Uuid::new_v4().as_u128() as u64).max(1)
+}
+
 impl TestEnv {
     /// Publishes commands through the same code path as `invite-worker send`.
     pub(crate) async fn send(&self, specs: &[CommandSpec]) -> Vec<Uuid> {
         send::publish(&self.settings, specs).await.expect("send")
+    }
+
+    /// Publishes commands as `send` would, each with a `traceparent` header of a trace
+    /// of its own; returns their ids and trace ids.
+    pub(crate) async fn send_traced(&self, specs: &[CommandSpec]) -> Vec<(Uuid, String)> {
+        let mut out = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let id = spec.command_id.unwrap_or_else(Uuid::new_v4);
+            let trace_id = format!("{:032x}", Uuid::new_v4().as_u128());
+            let parent = format!("00-{trace_id}-{:016x}-01", rand_span_id());
+            let mut headers = FieldTable::default();
+            headers.insert("traceparent".into(), AMQPValue::LongString(parent.into()));
+            let key = spec.kind.routing_key();
+            self.publish_raw_with(&spec.body(id), &key, headers).await;
+            out.push((id, trace_id));
+        }
+        out
     }
 
     /// Publishes raw bytes to the commands exchange.
@@ -109,6 +142,7 @@ impl TestEnv {
                         .map(|s| s.to_string()),
                     persistent: *d.properties.delivery_mode() == Some(2),
                     routing_key: d.routing_key.to_string(),
+                    headers: broker::text_headers(&d.properties),
                 };
                 if tx.send((props, body)).is_err() {
                     break;
@@ -166,6 +200,63 @@ pub(crate) struct EventProps {
     pub correlation_id: Option<String>,
     pub persistent: bool,
     pub routing_key: String,
+    /// The headers with text values (`traceparent`, …).
+    pub headers: Vec<(String, String)>,
+}
+
+impl EventProps {
+    /// The trace id of the event's `traceparent` header, when it has a valid one.
+    pub(crate) fn trace_id(&self) -> Option<String> {
+        trace::trace_id(&self.headers)
+    }
+}
+
+/// The validator of each event type's schema, as `schemas/` keeps it.
+fn validators() -> &'static BTreeMap<&'static str, (Arc<jsonschema::Validator>, Value)> {
+    static VALIDATORS: OnceLock<BTreeMap<&str, (Arc<jsonschema::Validator>, Value)>> =
+        OnceLock::new();
+    VALIDATORS.get_or_init(|| {
+        let file = |name: &str| {
+            let (.., file, _) = schema::ALL.iter().find(|(n, ..)| *n == name).expect(name);
+            let path = format!("{}/schemas/{file}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).expect("schema file");
+            let schema: Value = serde_json::from_str(&text).expect("schema JSON");
+            let validator = jsonschema::options()
+                .should_validate_formats(true)
+                .build(&schema)
+                .expect("a JSON Schema");
+            (Arc::new(validator), schema)
+        };
+        BTreeMap::from([
+            (events::ROTATED, file("rotated")),
+            (events::ROTATION_FAILED, file("rotation_failed")),
+        ])
+    })
+}
+
+/// Fails the test unless the event is valid against its type's schema, with no field the
+/// schema does not name.
+fn checked(event: (EventProps, Value)) -> (EventProps, Value) {
+    let body = &event.1;
+    let kind = body["event_type"].as_str().unwrap_or_default();
+    let (validator, schema) = validators()
+        .get(kind)
+        .unwrap_or_else(|| panic!("an event of no known type: {body}"));
+    let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "{kind} against its schema: {errors:?}\n{body:#}"
+    );
+    let named = schema["properties"].as_object().expect("properties");
+    let unnamed: Vec<&String> = body
+        .as_object()
+        .map(|o| o.keys().filter(|k| !named.contains_key(*k)).collect())
+        .unwrap_or_default();
+    assert!(
+        unnamed.is_empty(),
+        "{kind}: fields the schema does not name: {unnamed:?}"
+    );
+    event
 }
 
 pub(crate) struct EventTap {
@@ -183,6 +274,17 @@ impl Drop for EventTap {
 impl EventTap {
     /// The next `n` events, failing the test if they do not arrive within `within`.
     pub(crate) async fn take(&mut self, n: usize, within: Duration) -> Vec<(EventProps, Value)> {
+        let got = self.take_unchecked(n, within).await;
+        got.into_iter().map(checked).collect()
+    }
+
+    /// [`EventTap::take`] without the schema check: for a test that publishes messages
+    /// of its own to the events exchange.
+    pub(crate) async fn take_unchecked(
+        &mut self,
+        n: usize,
+        within: Duration,
+    ) -> Vec<(EventProps, Value)> {
         let mut out = Vec::with_capacity(n);
         let deadline = tokio::time::Instant::now() + within;
         while out.len() < n {
@@ -208,6 +310,7 @@ impl EventTap {
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(e)) => {
+                    let e = checked(e);
                     let done = e.1["command_id"] == command_id.to_string();
                     out.push(e);
                     if done {
@@ -223,7 +326,7 @@ impl EventTap {
     pub(crate) fn drain_now(&mut self) -> Vec<(EventProps, Value)> {
         let mut out = Vec::new();
         while let Ok(e) = self.rx.try_recv() {
-            out.push(e);
+            out.push(checked(e));
         }
         out
     }
