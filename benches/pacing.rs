@@ -9,6 +9,11 @@
 //! - `fleet`: 50 sessions × 40 groups, each session at 5/s, 50 ms latency (ideal 8.0 s);
 //! - `replicas`: `one_session` with two workers on one PostgreSQL database;
 //! - `priority`: one revoke published behind 200 due rotations of its session (10/s);
+//! - `pruning`: `fleet` with 200 groups per session (ideal 40.0 s) on PostgreSQL, then
+//!   the same on a database holding a million finished commands and a million history
+//!   rows past their retention windows (`BENCH_PRUNE_ROWS`), which the worker prunes
+//!   while it drains; before that worker starts, `history export` of a tenth and of all
+//!   of those history rows, with its peak resident memory;
 //! - `backlog`: 100,000 revokes for one session at 5/s (`BENCH_BACKLOG`): the worker's
 //!   resident memory while the backlog moves into the database, which holds it.
 //!
@@ -563,18 +568,23 @@ async fn one_session(scenario: &str, db_kind: &str, replicas: usize) -> Line {
 
 /// 50 sessions × 40 tracked groups, each session at 5/s, 50 ms latency, the default
 /// prefetch; the commands published session by session.
-async fn fleet(db_kind: &str) -> Line {
+async fn fleet(db_kind: &str, groups: usize, pruning: Option<usize>) -> Line {
     const SESSIONS: usize = 50;
-    const GROUPS: usize = 40;
     const RATE: &str = "5/s";
     let limit = RateLimit::parse(RATE).expect("rate");
     let mut rig = Rig::new(db_kind, Latency { ms: 50, max_ms: 50 }).await;
     let session = |s: usize| format!("fleet-{s:02}");
     let links: Vec<(String, String)> = (0..SESSIONS)
-        .flat_map(|s| (0..GROUPS).map(move |g| (session(s), group_id(s * GROUPS + g))))
+        .flat_map(|s| (0..groups).map(move |g| (session(s), group_id(s * groups + g))))
         .collect();
     rig.track(&links, Duration::from_secs(7 * 24 * 3600)).await;
-    let scenario = format!("fleet: {SESSIONS} sessions × {GROUPS} at {RATE} ({db_kind})");
+    let mut scenario = format!("fleet: {SESSIONS} sessions × {groups} at {RATE} ({db_kind})");
+    if let Some(rows) = pruning {
+        expired_rows(&rig.db.url, rows).await;
+        export_memory(&rig, rows).await;
+        scenario.push_str(&format!(", pruning {rows} + {rows} rows"));
+    }
+    let started = Instant::now();
     if !rig.start_workers(1, RATE).await {
         rig.finish().await;
         return Line::failed(&scenario, limit, "no worker");
@@ -613,7 +623,7 @@ async fn fleet(db_kind: &str) -> Line {
         .map_or("-".into(), |r| pct(r / allowed(limit)));
     let mut line = Line::new(&scenario, &Pace::of(&log, limit), limit, SESSIONS as u32)
         .ideal(
-            Duration::from_secs_f64(GROUPS as f64 / allowed(limit)),
+            Duration::from_secs_f64(groups as f64 / allowed(limit)),
             drain,
         )
         .note(note)
@@ -627,8 +637,125 @@ async fn fleet(db_kind: &str) -> Line {
         limit.count,
         period_name(limit)
     );
+    if pruning.is_some() {
+        line = line.note(pruned_after(&rig.db.url, started).await);
+    }
     rig.finish().await;
     line
+}
+
+/// Fills the database with `rows` finished commands and `rows` history rows past their
+/// retention windows (30 and 400 days), as a worker that ran for months would have.
+async fn expired_rows(db_url: &str, rows: usize) {
+    use sea_orm::ConnectionTrait;
+    let conn = Database::connect(db_url).await.expect("database");
+    for sql in [
+        format!(
+            "INSERT INTO commands (command_id, command_type, backend, session_id, group_id, \
+             status, outcome, attempts, cycle, received_at, updated_at, finished_at) \
+             SELECT md5(i::text)::uuid::text, 'revoke_invite', '{BACKEND}', \
+             'old-' || (i % 100), '1203630' || lpad(i::text, 11, '0') || '@g.us', 'done', \
+             'rotated', 1, 1, t, t, t \
+             FROM generate_series(1, {rows}) i, \
+             LATERAL (SELECT now() - interval '40 days' + i * interval '1 ms' AS t) x"
+        ),
+        format!(
+            "INSERT INTO link_history (backend, session_id, group_id, command_type, trigger, \
+             outcome, attempts, old_code, new_code, started_at, occurred_at) \
+             SELECT '{BACKEND}', 'old-' || (i % 100), \
+             '1203630' || lpad(i::text, 11, '0') || '@g.us', 'revoke_invite', 'revoke', \
+             'rotated', 1, 'OldCode0', 'NewCode0', t, t \
+             FROM generate_series(1, {rows}) i, \
+             LATERAL (SELECT now() - interval '401 days' + i * interval '1 ms' AS t) x"
+        ),
+        "ANALYZE".to_owned(),
+    ] {
+        conn.execute_unprepared(&sql)
+            .await
+            .expect("fill the database");
+    }
+    let _ = conn.close().await;
+}
+
+/// Rows still past their retention windows.
+async fn expired_left(db_url: &str) -> i64 {
+    use sea_orm::ConnectionTrait;
+    let conn = Database::connect(db_url).await.expect("database");
+    let row = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT (SELECT count(*) FROM commands WHERE finished_at < now() - interval \
+             '30 days') + (SELECT count(*) FROM link_history WHERE occurred_at < now() - \
+             interval '400 days') AS n",
+        ))
+        .await
+        .expect("count")
+        .expect("a row");
+    let _ = conn.close().await;
+    row.try_get("", "n").expect("n")
+}
+
+/// Waits (up to 10 minutes) until the worker started at `started` pruned every expired
+/// row; the note saying how long it took.
+async fn pruned_after(db_url: &str, started: Instant) -> String {
+    let end = Instant::now() + Duration::from_secs(600);
+    loop {
+        let left = expired_left(db_url).await;
+        if left == 0 {
+            return format!(
+                "every expired row pruned {} after the worker started",
+                secs(started.elapsed())
+            );
+        }
+        if Instant::now() > end {
+            return format!("PRUNING UNFINISHED: {left} expired rows left");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `history export` of a tenth, then all, of the `rows` history rows: its peak resident
+/// memory (sampled every 20 ms) and its time, printed as one line.
+async fn export_memory(rig: &Rig, rows: usize) {
+    use sea_orm::ConnectionTrait;
+    let conn = Database::connect(&rig.db.url).await.expect("database");
+    let tenth: chrono::DateTime<Utc> = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!(
+                "SELECT occurred_at FROM link_history ORDER BY occurred_at OFFSET {} LIMIT 1",
+                rows / 10
+            ),
+        ))
+        .await
+        .expect("the tenth row")
+        .expect("a row")
+        .try_get("", "occurred_at")
+        .expect("occurred_at");
+    let _ = conn.close().await;
+    let mut marks = Vec::new();
+    for (label, until) in [(rows / 10, tenth), (rows, Utc::now())] {
+        let started = Instant::now();
+        let mut export = Process::spawn(worker_command(
+            &["history", "export", "--until", &until.to_rfc3339()],
+            &topo_prefix(&rig.topo),
+            &rig.db.url,
+            &[],
+        ));
+        let mut peak = 0.0f64;
+        let status = loop {
+            if let Some(status) = export.wait_exit(Duration::from_millis(20)).await {
+                break status;
+            }
+            peak = peak.max(rss_mib(export.id(), "VmHWM:").unwrap_or(0.0));
+        };
+        let failed = if status.success() { "" } else { " FAILED" };
+        marks.push(format!(
+            "{label} rows in {}{failed} (peak RSS {peak:.1} MiB)",
+            secs(started.elapsed())
+        ));
+    }
+    println!("history export (postgres): {}", marks.join("; "));
 }
 
 /// 200 rotations of due links of one session (10/s), then one revoke of a 201st group:
@@ -772,7 +899,12 @@ async fn main() {
         .print();
     }
     if !skip("fleet") {
-        fleet(&db_kind).await.print();
+        fleet(&db_kind, 40, None).await.print();
+    }
+    if !skip("pruning") {
+        let rows = support::env_usize("BENCH_PRUNE_ROWS", 1_000_000);
+        fleet("postgres", 200, None).await.print();
+        fleet("postgres", 200, Some(rows)).await.print();
     }
     if !skip("replicas") {
         one_session(

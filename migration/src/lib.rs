@@ -9,6 +9,7 @@ mod m20261122_000004_drop_outbox_pending_index;
 mod m20261123_000005_worker_heartbeats;
 mod m20261205_000006_deferral;
 mod m20261205_000008_pauses;
+mod m20261205_000009_retention;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000005_worker_heartbeats::Migration),
             Box::new(m20261205_000006_deferral::Migration),
             Box::new(m20261205_000008_pauses::Migration),
+            Box::new(m20261205_000009_retention::Migration),
         ]
     }
 }

@@ -38,6 +38,24 @@ pub struct HistoryView {
     pub occurred_at: String,
 }
 
+impl From<entity::history::Model> for HistoryView {
+    fn from(h: entity::history::Model) -> Self {
+        Self {
+            command_id: h.command_id,
+            command_type: h.command_type,
+            trigger: h.trigger,
+            outcome: h.outcome,
+            attempts: h.attempts,
+            old_code: h.old_code,
+            new_code: h.new_code,
+            error_kind: h.error_kind,
+            error_message: h.error_message,
+            started_at: h.started_at.map(rfc3339),
+            occurred_at: rfc3339(h.occurred_at),
+        }
+    }
+}
+
 #[derive(Serialize)]
 pub struct LinkDetail {
     pub link: Option<LinkView>,
@@ -70,19 +88,7 @@ pub async fn show(store: &Store, key: &GroupKey) -> Result<LinkDetail, StoreErro
         .history(key)
         .await?
         .into_iter()
-        .map(|h| HistoryView {
-            command_id: h.command_id,
-            command_type: h.command_type,
-            trigger: h.trigger,
-            outcome: h.outcome,
-            attempts: h.attempts,
-            old_code: h.old_code,
-            new_code: h.new_code,
-            error_kind: h.error_kind,
-            error_message: h.error_message,
-            started_at: h.started_at.map(rfc3339),
-            occurred_at: rfc3339(h.occurred_at),
-        })
+        .map(HistoryView::from)
         .collect();
     Ok(LinkDetail { link, history })
 }

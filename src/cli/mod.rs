@@ -5,6 +5,7 @@
 mod bulk;
 pub mod dead_letter_migration;
 pub mod dead_letters;
+mod history;
 pub mod links;
 pub mod output;
 mod pauses;
@@ -53,6 +54,9 @@ enum Cmd {
     /// Inspect tracked links.
     #[command(subcommand)]
     Links(LinksCmd),
+    /// Export the history of every group (for audit consumers).
+    #[command(subcommand)]
+    History(history::HistoryCmd),
     /// Inspect and replay dead-lettered commands.
     #[command(subcommand)]
     DeadLetters(DeadLettersCmd),
@@ -326,6 +330,7 @@ impl Cli {
                 watch::watch(&settings, &pattern, shutdown.cancelled_owned()).await?;
             }
             Cmd::Schema { which } => print_schema(which),
+            Cmd::History(cmd) => history::run(&settings, cmd).await?,
             Cmd::Pause(args) => pauses::pause(&settings, args).await?,
             Cmd::Resume(args) => pauses::resume(&settings, args).await?,
             Cmd::Config(ConfigCmd::Check) => {

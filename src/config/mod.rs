@@ -15,6 +15,7 @@ use crate::domain::{BackendKind, BackendResolver, GroupIdStyle, command::MAX_BAC
 mod amqp;
 mod backend;
 mod breaker;
+mod retention;
 mod secret;
 mod telemetry;
 
@@ -24,6 +25,7 @@ pub use backend::{
     BackendSettings, HttpProvider, KeyError, Provider, RateLimit, RateLimitError, WasendEndpoints,
 };
 pub use breaker::BreakerSettings;
+pub use retention::RetentionSettings;
 pub use secret::Secret;
 use secret::redact_url;
 pub use telemetry::TelemetrySettings;
@@ -42,6 +44,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub worker: WorkerSettings,
     pub breaker: BreakerSettings,
+    pub retention: RetentionSettings,
     pub telemetry: TelemetrySettings,
     pub default_backend: String,
     pub backends: BTreeMap<String, BackendSettings>,
@@ -188,6 +191,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             worker: WorkerSettings::default(),
             breaker: BreakerSettings::default(),
+            retention: RetentionSettings::default(),
             telemetry: TelemetrySettings::default(),
             default_backend: DEFAULT_BACKEND.into(),
             backends: BTreeMap::new(),
@@ -325,6 +329,9 @@ impl Settings {
             return err("rotation.rate_share", "must be between 0.01 and 1");
         }
         if let Err((key, problem)) = self.breaker.check() {
+            return err(key, problem);
+        }
+        if let Err((key, problem)) = self.retention.check() {
             return err(key, problem);
         }
         if let Err((key, problem)) = self.telemetry.check() {

@@ -94,6 +94,28 @@ fn values_the_worker_could_not_use_are_named() {
 }
 
 #[test]
+fn retention_keeps_commands_30_days_and_history_400_and_at_least_a_day() {
+    let s = load("", &[]).unwrap();
+    assert_eq!(s.retention.commands, Duration::from_secs(30 * 86400));
+    assert_eq!(s.retention.history, Duration::from_secs(400 * 86400));
+    let s = load(
+        "[retention]\ncommands = \"90d\"\n",
+        &[("INVITE_WORKER__RETENTION__HISTORY", "2y")],
+    )
+    .unwrap();
+    assert_eq!(s.retention.commands, Duration::from_secs(90 * 86400));
+    assert!(s.retention.history > Duration::from_secs(700 * 86400));
+    for (toml, key) in [
+        ("[retention]\ncommands = \"12h\"\n", "retention.commands"),
+        ("[retention]\nhistory = \"1h\"\n", "retention.history"),
+        ("[retention]\nhistory = \"forever\"\n", "retention.history"),
+    ] {
+        let e = load(toml, &[]).unwrap_err().to_string();
+        assert!(e.contains(key), "{toml}: {e}");
+    }
+}
+
+#[test]
 fn an_otlp_endpoint_is_off_by_default_and_must_be_an_http_url() {
     let s = load("", &[]).unwrap();
     assert_eq!(s.telemetry.traces_url(), None);

@@ -30,6 +30,7 @@ pub(crate) fn install() -> PrometheusHandle {
             describe();
             gauge!("invite_worker_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             register_unlabelled();
+            pruned_rows(0, 0);
             handle
         })
         .clone()
@@ -61,6 +62,10 @@ fn register_unlabelled() {
 }
 
 fn describe() {
+    describe_counter!(
+        "invite_worker_pruned_rows_total",
+        "Rows deleted past their retention window, by table (commands, history)"
+    );
     describe_counter!(
         "invite_worker_commands_total",
         "Commands settled, by type and outcome"
@@ -313,4 +318,10 @@ pub(crate) fn duplicate() {
 
 pub(crate) fn db_error() {
     counter!("invite_worker_db_errors_total").increment(1);
+}
+
+/// Rows the pruner deleted in one batch.
+pub(crate) fn pruned_rows(commands: u64, history: u64) {
+    counter!("invite_worker_pruned_rows_total", "table" => "commands").increment(commands);
+    counter!("invite_worker_pruned_rows_total", "table" => "history").increment(history);
 }

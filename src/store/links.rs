@@ -16,6 +16,17 @@ use super::{
     pg::{JsonRows, stmt},
 };
 
+/// Which history rows an export reads.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryFilter {
+    /// Rows that occurred at or after this.
+    pub since: Option<DateTime<Utc>>,
+    /// Rows that occurred before this.
+    pub until: Option<DateTime<Utc>>,
+    pub backend: Option<String>,
+    pub session: Option<String>,
+}
+
 impl Store {
     pub async fn link_get(&self, key: &GroupKey) -> Result<Option<link::Model>, StoreError> {
         Ok(self
@@ -56,6 +67,44 @@ impl Store {
             .filter(history::Column::GroupId.eq(&key.group_id))
             .order_by_asc(history::Column::Id)
             .all(&self.db)
+            .await?)
+    }
+
+    /// One page of every group's history, oldest first (by `occurred_at`, then id),
+    /// starting after `after` (the last row of the previous page): an export walks the
+    /// whole table in constant memory.
+    pub async fn history_page(
+        &self,
+        filter: &HistoryFilter,
+        after: Option<(DateTime<Utc>, i64)>,
+        limit: u64,
+    ) -> Result<Vec<history::Model>, StoreError> {
+        use history::Column as C;
+        let mut query = history::Entity::find();
+        if let Some(since) = filter.since {
+            query = query.filter(C::OccurredAt.gte(since));
+        }
+        if let Some(until) = filter.until {
+            query = query.filter(C::OccurredAt.lt(until));
+        }
+        if let Some(backend) = &filter.backend {
+            query = query.filter(C::Backend.eq(backend));
+        }
+        if let Some(session) = &filter.session {
+            query = query.filter(C::SessionId.eq(session));
+        }
+        if let Some((at, id)) = after {
+            query = query.filter(
+                Condition::any()
+                    .add(C::OccurredAt.gt(at))
+                    .add(Condition::all().add(C::OccurredAt.eq(at)).add(C::Id.gt(id))),
+            );
+        }
+        Ok(query
+            .order_by_asc(C::OccurredAt)
+            .order_by_asc(C::Id)
+            .limit(limit)
+            .all(&self.fast)
             .await?)
     }
 

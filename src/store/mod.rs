@@ -16,6 +16,7 @@ mod outbox;
 mod pauses;
 mod pg;
 mod receipt;
+mod retention;
 
 use std::time::Duration;
 
@@ -33,9 +34,11 @@ pub use commit::{Completion, Outcome};
 pub use deferred::{Deferral, SlotRequest, origin_of};
 pub use error::{DbErrorKind, StoreError};
 pub use leases::RELEASED;
+pub use links::HistoryFilter;
 pub use outbox::OutboxBatch;
 pub use pauses::ALL_SESSIONS;
 pub use receipt::{Begin, Begun};
+pub use retention::{Cutoffs, Pruned};
 
 use crate::domain::Command;
 

@@ -10,6 +10,7 @@ mod pacing;
 mod pipeline;
 mod release;
 mod replicas;
+pub mod retention;
 mod retry;
 pub mod scheduler;
 
@@ -185,6 +186,11 @@ impl Worker {
             });
         }
 
+        tasks.spawn(retention::run(
+            self.pipeline.store.clone(),
+            settings.retention.clone(),
+            background.clone(),
+        ));
         if self.pipeline.store.serves_replicas() {
             tasks.spawn(replicas::run(
                 self.pipeline.store.clone(),

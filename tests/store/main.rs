@@ -9,6 +9,7 @@ mod fixtures;
 mod leases;
 mod outbox;
 mod receipts;
+mod retention;
 mod schema;
 
 // The worker tests' environments: a database of its own per test. The store tests use
