@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     fixtures::store,
     on_both_databases,
-    support::{Db, TestEnv, group},
+    support::{Db, TestEnv, free_port, group, wait_until},
 };
 
 on_both_databases!(
@@ -355,4 +355,39 @@ async fn history_export_prints_every_row_oldest_first_with_its_filters(db: Db) {
         assert!(err.contains(problem), "{args:?}: {err}");
         assert!(out.is_empty());
     }
+}
+
+/// A running worker prunes by itself a few seconds after it starts, and counts it in
+/// `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_worker_prunes_by_itself_and_counts_it() {
+    let env = TestEnv::new(Db::Sqlite).await;
+    let store = store(&env).await;
+    let long_ago = Utc::now() - chrono::Duration::days(31);
+    command::Entity::insert(command_row("finished-long-ago", "done", Some(long_ago)))
+        .exec_without_returning(store.connection())
+        .await
+        .unwrap();
+    let mut settings = env.settings.clone();
+    let addr = format!("127.0.0.1:{}", free_port());
+    settings.http.listen = addr.clone();
+    let worker = env.start_worker_with(settings).await;
+    wait_until(Duration::from_secs(30), || async {
+        command_ids(store.connection()).await.is_empty()
+    })
+    .await;
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let pruned: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("invite_worker_pruned_rows_total{table=\"commands\"} "))
+        .expect("the pruned rows counter")
+        .parse()
+        .unwrap();
+    assert!(pruned >= 1.0, "{pruned}");
+    worker.stop().await;
 }
