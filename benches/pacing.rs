@@ -15,7 +15,7 @@
 //!   while it drains; before that worker starts, `history export` of a tenth and of all
 //!   of those history rows, with its peak resident memory;
 //! - `backlog`: 100,000 revokes for one session at 5/s (`BENCH_BACKLOG`): the worker's
-//!   resident memory while the backlog moves into the database, which holds it.
+//!   resident memory as the backlog leaves the broker for the database.
 //!
 //! Each prints one line: requests at the provider, first request → last, the achieved
 //! rate ((requests − 1) ÷ that time) ÷ the allowed rate, the busiest window of the
@@ -703,12 +703,12 @@ async fn pruned_after(db_url: &str, started: Instant) -> String {
         let left = expired_left(db_url).await;
         if left == 0 {
             return format!(
-                "every expired row pruned {} after the worker started",
+                "; every expired row pruned {} after the worker started",
                 secs(started.elapsed())
             );
         }
         if Instant::now() > end {
-            return format!("PRUNING UNFINISHED: {left} expired rows left");
+            return format!("; PRUNING UNFINISHED: {left} expired rows left");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -837,20 +837,25 @@ fn rss_mib(pid: u32, field: &str) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// How many commands wait in the scenario's database.
-async fn deferred(db_url: &str) -> u64 {
+/// How many of the backlog's commands the broker handed over: those waiting in the
+/// scenario's database and those already run.
+async fn taken_from_broker(db_url: &str) -> u64 {
     use sea_orm::{EntityTrait, PaginatorTrait};
     let conn = Database::connect(db_url).await.expect("database");
-    let n = entity::deferred_command::Entity::find()
+    let waiting = entity::deferred_command::Entity::find()
+        .count(&conn)
+        .await
+        .unwrap_or(0);
+    let run = entity::command::Entity::find()
         .count(&conn)
         .await
         .unwrap_or(0);
     let _ = conn.close().await;
-    n
+    waiting + run
 }
 
 /// 100,000 revokes for one session at 5/s: almost all of them wait in the database; the
-/// worker's resident memory at a tenth, half and all of them deferred.
+/// worker's resident memory once a tenth, half and all of them left the broker.
 async fn backlog(db_kind: &str) {
     let n = support::env_usize("BENCH_BACKLOG", 100_000);
     let mut rig = Rig::new(db_kind, JITTER).await;
@@ -867,7 +872,7 @@ async fn backlog(db_kind: &str) {
     for share in [10, 50, 100] {
         let want = (n as u64 * share / 100).saturating_sub(50);
         let end = Instant::now() + Duration::from_secs(600);
-        while deferred(&rig.db.url).await < want && Instant::now() < end {
+        while taken_from_broker(&rig.db.url).await < want && Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let rss = rss_mib(pid, "VmRSS:").unwrap_or(f64::NAN);

@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use entity::{history, link};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Statement, sea_query::Expr,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
+    sea_query::{Expr, ExprTrait},
 };
 
 use super::{
@@ -94,10 +95,11 @@ impl Store {
             query = query.filter(C::SessionId.eq(session));
         }
         if let Some((at, id)) = after {
+            // A row comparison, which both databases answer with a range of the
+            // `(occurred_at, id)` index: each page starts where the last one ended.
             query = query.filter(
-                Condition::any()
-                    .add(C::OccurredAt.gt(at))
-                    .add(Condition::all().add(C::OccurredAt.eq(at)).add(C::Id.gt(id))),
+                Expr::tuple([Expr::col(C::OccurredAt), Expr::col(C::Id)])
+                    .gt(Expr::tuple([Expr::value(at), Expr::value(id)])),
             );
         }
         Ok(query

@@ -19,9 +19,10 @@ const EVERY: Duration = Duration::from_secs(60);
 const FIRST_AFTER: Duration = Duration::from_secs(5);
 /// Rows per table and batch: each batch is one short transaction.
 pub const BATCH: u32 = 1_000;
-/// Between two batches, so that pruning a large backlog leaves the database to the
-/// worker's own statements most of the time.
-const BETWEEN_BATCHES: Duration = Duration::from_millis(20);
+/// After each batch the pruner rests twice as long as the batch took (at least this
+/// long), so that pruning a large backlog takes at most a third of the database's time
+/// and leaves the rest to the worker's own statements.
+const MIN_REST: Duration = Duration::from_millis(20);
 
 /// Prunes once a minute until `stop`.
 pub(super) async fn run(store: Store, retention: RetentionSettings, stop: CancellationToken) {
@@ -65,16 +66,18 @@ pub async fn prune(
     };
     let mut total = Pruned::default();
     while !stop.is_cancelled() {
+        let started = tokio::time::Instant::now();
         let Some(batch) = store.prune_batch(cutoffs, BATCH).await? else {
             break;
         };
+        let took = started.elapsed();
         m::pruned_rows(batch.commands, batch.history);
         total.commands += batch.commands;
         total.history += batch.history;
         if batch.commands < u64::from(BATCH) && batch.history < u64::from(BATCH) {
             break;
         }
-        tokio::time::sleep(BETWEEN_BATCHES).await;
+        tokio::time::sleep((2 * took).max(MIN_REST)).await;
     }
     Ok(total)
 }
