@@ -45,21 +45,22 @@ impl ErrorKind {
         }
     }
 
+    /// Every kind, in declaration order.
+    pub const ALL: [Self; 10] = [
+        Self::InvalidCommand,
+        Self::UnknownBackend,
+        Self::Unauthorized,
+        Self::NotAdmin,
+        Self::GroupNotFound,
+        Self::SessionNotFound,
+        Self::SessionDisconnected,
+        Self::RateLimited,
+        Self::BackendUnavailable,
+        Self::BackendProtocol,
+    ];
+
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::InvalidCommand,
-            Self::UnknownBackend,
-            Self::Unauthorized,
-            Self::NotAdmin,
-            Self::GroupNotFound,
-            Self::SessionNotFound,
-            Self::SessionDisconnected,
-            Self::RateLimited,
-            Self::BackendUnavailable,
-            Self::BackendProtocol,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 

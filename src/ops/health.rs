@@ -12,6 +12,8 @@ use std::{
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use super::metrics as m;
+
 /// How long the consume loop may stay silent before `/healthz` reports a stall.
 const STALL: Duration = Duration::from_secs(30);
 
@@ -107,6 +109,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     for (name, state) in s.health.declarations() {
         body.push_str(&format!("{name}: {state}\n"));
     }
+    m::ready(db && broker);
     let status = if db && broker {
         StatusCode::OK
     } else {
@@ -119,7 +122,9 @@ fn up(b: bool) -> &'static str {
     if b { "up" } else { "down" }
 }
 
+/// The exposition, with `invite_worker_ready` set to what `/readyz` would answer now.
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
+    m::ready(s.health.ready());
     (
         [("content-type", "text/plain; version=0.0.4")],
         s.metrics.render(),

@@ -8,6 +8,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::{BackendError, CommandType, ErrorKind, Link};
 
+const COMMAND_TYPES: [CommandType; 2] =
+    [CommandType::RevokeInvite, CommandType::RotateExpiringLink];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the recorder once per process and returns the handle that renders it.
@@ -36,6 +39,34 @@ pub(crate) fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Registers at zero the labelled series whose label values are known at start-up: per
+/// configured backend (its breaker, pause and rotation fit, session `*`), per error kind
+/// (dead letters), per command type and outcome. Dashboards then show 0 instead of no
+/// data, and `increase()` in alerts sees the first event. Adding 0 never resets a value.
+pub(crate) fn register_known<'a>(backends: impl IntoIterator<Item = &'a str>) {
+    for backend in backends {
+        let b = backend.to_owned();
+        gauge!("invite_worker_breaker_open", "backend" => b.clone(), "session" => "*")
+            .increment(0.0);
+        gauge!("invite_worker_paused", "backend" => b.clone(), "session" => "*").increment(0.0);
+        counter!("invite_worker_breaker_trips_total", "backend" => b.clone()).increment(0);
+        gauge!("invite_worker_rotations_late", "backend" => b).increment(0.0);
+    }
+    for kind in ErrorKind::ALL {
+        counter!("invite_worker_dead_lettered_total", "kind" => kind.as_str()).increment(0);
+    }
+    for kind in COMMAND_TYPES {
+        let t = kind.as_str();
+        counter!("invite_worker_commands_deferred_total", "type" => t).increment(0);
+        for outcome in ["rotated", "skipped", "failed"] {
+            counter!("invite_worker_commands_total", "type" => t, "outcome" => outcome)
+                .increment(0);
+        }
+    }
+    counter!("invite_worker_commands_total", "type" => "invalid", "outcome" => "failed")
+        .increment(0);
+}
+
 /// Registers the series without labels at zero so that they exist (for dashboards and
 /// `absent()`-free alerts) before their first event. Adding 0 never resets a value.
 fn register_unlabelled() {
@@ -56,6 +87,7 @@ fn register_unlabelled() {
         "invite_worker_outbox_pending",
         "invite_worker_outbox_oldest_age_seconds",
         "invite_worker_deferred_commands",
+        "invite_worker_ready",
     ] {
         gauge!(name).increment(0.0);
     }
@@ -121,6 +153,10 @@ fn describe() {
     describe_counter!(
         "invite_worker_breaker_trips_total",
         "Circuits opened, by backend"
+    );
+    describe_gauge!(
+        "invite_worker_ready",
+        "1 while /readyz answers 200 (database and broker up), else 0; set on each scrape"
     );
     describe_gauge!(
         "invite_worker_live_replicas",
@@ -263,6 +299,11 @@ pub(crate) fn breaker_open(backend: &str, session: &str, open: bool) {
 
 pub(crate) fn breaker_trip(backend: &str) {
     counter!("invite_worker_breaker_trips_total", "backend" => backend.to_owned()).increment(1);
+}
+
+/// Whether the process is ready, as `/readyz` answers.
+pub(crate) fn ready(on: bool) {
+    gauge!("invite_worker_ready").set(if on { 1.0 } else { 0.0 });
 }
 
 pub(crate) fn live_replicas(n: u32) {

@@ -178,6 +178,7 @@ impl Worker {
             info!(addr = %listener.local_addr()?, "serving /healthz, /readyz, /metrics");
             let app = health::router(self.health.clone(), m::install());
             m::broker_declarations(&DECLARATION_NAMES);
+            m::register_known(settings.backends.keys().map(String::as_str));
             let stop = background.clone();
             tasks.spawn(async move {
                 let _ = axum::serve(listener, app)

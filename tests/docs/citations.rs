@@ -12,7 +12,7 @@ use crate::{code_spans, documents, files, prose_lines, root};
 
 /// The top-level directories of the repository: a word of a code span that starts with one
 /// of them is a path.
-const TOP_LEVEL: [&str; 11] = [
+const TOP_LEVEL: [&str; 12] = [
     "src/",
     "tests/",
     "benches/",
@@ -24,6 +24,7 @@ const TOP_LEVEL: [&str; 11] = [
     ".ci/",
     "fuzz/",
     "docs/",
+    "deploy/",
 ];
 
 /// The heading of the table whose "proven by" column names tests.

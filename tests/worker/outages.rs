@@ -146,6 +146,20 @@ async fn readyz(port: u16) -> u16 {
     }
 }
 
+/// `/readyz`'s status, and `invite_worker_ready` scraped right after it, agree.
+async fn ready(port: u16, status: u16) -> bool {
+    let gauge = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let gauge = gauge
+        .lines()
+        .find_map(|l| l.strip_prefix("invite_worker_ready "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    let expected = if status == 200 { 1.0 } else { 0.0 };
+    readyz(port).await == status && gauge == Some(expected)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_while_the_broker_or_the_database_is_cut() {
     let env = TestEnv::new(Db::Postgres).await;
@@ -159,16 +173,17 @@ async fn readyz_is_503_while_the_broker_or_the_database_is_cut() {
     let worker = env.start_worker_with(settings).await;
     let within = Duration::from_secs(15);
 
-    wait_until(within, || async { readyz(port).await == 200 }).await;
+    // `invite_worker_ready` follows, for the alert on readiness.
+    wait_until(within, || ready(port, 200)).await;
     amqp.cut();
-    wait_until(within, || async { readyz(port).await == 503 }).await;
+    wait_until(within, || ready(port, 503)).await;
     amqp.restore();
-    wait_until(within, || async { readyz(port).await == 200 }).await;
+    wait_until(within, || ready(port, 200)).await;
 
     pg.cut();
-    wait_until(within, || async { readyz(port).await == 503 }).await;
+    wait_until(within, || ready(port, 503)).await;
     pg.restore();
-    wait_until(within, || async { readyz(port).await == 200 }).await;
+    wait_until(within, || ready(port, 200)).await;
 
     // Still working after both outages.
     let mut tap = env.tap_events().await;
