@@ -12,12 +12,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{BackendKind, BackendResolver, GroupIdStyle, command::MAX_BACKEND_CHARS};
 
+mod admin;
 mod amqp;
 mod backend;
 mod breaker;
 mod secret;
 mod telemetry;
 
+pub use admin::{AdminSettings, AdminToken, MIN_TOKEN_CHARS, Role};
 pub use amqp::{AmqpSettings, AmqpUrls, QueueType};
 
 pub use backend::{
@@ -43,6 +45,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub breaker: BreakerSettings,
     pub telemetry: TelemetrySettings,
+    pub admin: AdminSettings,
     pub default_backend: String,
     pub backends: BTreeMap<String, BackendSettings>,
 }
@@ -189,6 +192,7 @@ impl Default for Settings {
             worker: WorkerSettings::default(),
             breaker: BreakerSettings::default(),
             telemetry: TelemetrySettings::default(),
+            admin: AdminSettings::default(),
             default_backend: DEFAULT_BACKEND.into(),
             backends: BTreeMap::new(),
         }
@@ -256,6 +260,7 @@ impl Settings {
     }
 
     fn resolve_secrets(&mut self, env: &[(String, String)]) -> Result<(), ConfigError> {
+        self.admin.resolve(env).map_err(ConfigError)?;
         for (name, b) in &mut self.backends {
             let Some(http) = b.http_mut() else {
                 continue;
@@ -329,6 +334,9 @@ impl Settings {
         }
         if let Err((key, problem)) = self.telemetry.check() {
             return err(key, problem);
+        }
+        if let Err((key, problem)) = self.admin.check() {
+            return err(&key, &problem);
         }
         if self.rotation.link_ttl.is_zero() {
             return err("rotation.link_ttl", "must be > 0");

@@ -29,6 +29,7 @@ use self::{
     retry::RetryPolicy,
 };
 use crate::{
+    admin,
     backend::{self, BackendBuildError},
     broker::{Broker, DECLARATION_NAMES, Publisher, Relay},
     config::Settings,
@@ -183,6 +184,12 @@ impl Worker {
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await;
             });
+        }
+
+        if !settings.admin.listen.is_empty() {
+            let listener = tokio::net::TcpListener::bind(&settings.admin.listen).await?;
+            let (settings, store) = (settings.clone(), self.pipeline.store.clone());
+            tasks.spawn(admin::serve(listener, settings, store, background.clone()));
         }
 
         if self.pipeline.store.serves_replicas() {
