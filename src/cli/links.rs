@@ -62,7 +62,8 @@ pub struct LinkDetail {
     pub history: Vec<HistoryView>,
 }
 
-fn view(l: entity::link::Model) -> LinkView {
+/// A `links` row as the CLI shows it.
+pub fn view(l: entity::link::Model) -> LinkView {
     LinkView {
         invite_link: l.invite_code.as_ref().map(|c| format!("{LINK_PREFIX}{c}")),
         invite_code: l.invite_code,

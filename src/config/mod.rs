@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{BackendKind, BackendResolver, GroupIdStyle, command::MAX_BACKEND_CHARS};
 
+mod admin;
 mod amqp;
 mod backend;
 mod breaker;
@@ -19,6 +20,7 @@ mod retention;
 mod secret;
 mod telemetry;
 
+pub use admin::{AdminSettings, AdminToken, MIN_TOKEN_CHARS, Role};
 pub use amqp::{AmqpSettings, AmqpUrls, QueueType};
 
 pub use backend::{
@@ -46,6 +48,7 @@ pub struct Settings {
     pub breaker: BreakerSettings,
     pub retention: RetentionSettings,
     pub telemetry: TelemetrySettings,
+    pub admin: AdminSettings,
     pub default_backend: String,
     pub backends: BTreeMap<String, BackendSettings>,
 }
@@ -193,6 +196,7 @@ impl Default for Settings {
             breaker: BreakerSettings::default(),
             retention: RetentionSettings::default(),
             telemetry: TelemetrySettings::default(),
+            admin: AdminSettings::default(),
             default_backend: DEFAULT_BACKEND.into(),
             backends: BTreeMap::new(),
         }
@@ -260,6 +264,7 @@ impl Settings {
     }
 
     fn resolve_secrets(&mut self, env: &[(String, String)]) -> Result<(), ConfigError> {
+        self.admin.resolve(env).map_err(ConfigError)?;
         for (name, b) in &mut self.backends {
             let Some(http) = b.http_mut() else {
                 continue;
@@ -336,6 +341,9 @@ impl Settings {
         }
         if let Err((key, problem)) = self.telemetry.check() {
             return err(key, problem);
+        }
+        if let Err((key, problem)) = self.admin.check() {
+            return err(&key, &problem);
         }
         if self.rotation.link_ttl.is_zero() {
             return err("rotation.link_ttl", "must be > 0");

@@ -398,3 +398,58 @@ fn the_dump_of_every_kind_reads_back_as_the_same_settings() {
         "the simulator has no connect_timeout: {dump}"
     );
 }
+
+#[test]
+fn the_admin_listener_is_off_by_default_and_its_tokens_are_checked() {
+    let s = load("", &[]).unwrap();
+    assert!(s.admin.listen.is_empty() && s.admin.tokens.is_empty());
+    let token = |name: &str, value: &str| {
+        format!("[[admin.tokens]]\nname = \"{name}\"\nrole = \"viewer\"\ntoken = \"{value}\"\n")
+    };
+    let on = "[admin]\nlisten = \"127.0.0.1:9465\"\n";
+    let long = "t".repeat(16);
+    for (toml, key) in [
+        (on.to_owned(), "admin.tokens"),
+        ("[admin]\nlisten = \"nowhere\"\n".to_owned(), "admin.listen"),
+        (
+            format!("{on}{}", token("on call", &long)),
+            "admin.tokens[0].name",
+        ),
+        (
+            format!("{on}{}", token("oncall", "short")),
+            "admin.tokens[0].token",
+        ),
+        (
+            format!("{on}{}{}", token("a", &long), token("a", &"u".repeat(16))),
+            "admin.tokens[1].name",
+        ),
+        (
+            format!("{on}{}{}", token("a", &long), token("b", &long)),
+            "admin.tokens[1].token",
+        ),
+        (
+            format!("{on}[[admin.tokens]]\nname = \"a\"\nrole = \"root\"\ntoken = \"{long}\"\n"),
+            "admin.tokens",
+        ),
+        (
+            format!(
+                "{on}[[admin.tokens]]\nname = \"a\"\nrole = \"viewer\"\ntoken_env = \"NOPE\"\n"
+            ),
+            "admin.tokens[0].token_env",
+        ),
+    ] {
+        let e = load(&toml, &[]).unwrap_err().to_string();
+        assert!(e.contains(key), "{toml}: {e}");
+    }
+    let toml = format!(
+        "{on}[[admin.tokens]]\nname = \"oncall\"\nrole = \"operator\"\ntoken_env = \"ADMIN_T\"\n"
+    );
+    let s = load(&toml, &[("ADMIN_T", "a-token-of-24-characters")]).unwrap();
+    let t = &s.admin.tokens[0];
+    assert_eq!((t.name.as_str(), t.role), ("oncall", Role::Operator));
+    assert_eq!(
+        t.token.as_ref().map(Secret::expose),
+        Some("a-token-of-24-characters")
+    );
+    assert!(!s.redacted_toml().contains("a-token-of-24-characters"));
+}

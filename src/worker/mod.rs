@@ -30,6 +30,7 @@ use self::{
     retry::RetryPolicy,
 };
 use crate::{
+    admin,
     backend::{self, BackendBuildError},
     broker::{Broker, DECLARATION_NAMES, Publisher, Relay},
     config::Settings,
@@ -192,6 +193,12 @@ impl Worker {
             settings.retention.clone(),
             background.clone(),
         ));
+        if !settings.admin.listen.is_empty() {
+            let listener = tokio::net::TcpListener::bind(&settings.admin.listen).await?;
+            let (settings, store) = (settings.clone(), self.pipeline.store.clone());
+            tasks.spawn(admin::serve(listener, settings, store, background.clone()));
+        }
+
         if self.pipeline.store.serves_replicas() {
             tasks.spawn(replicas::run(
                 self.pipeline.store.clone(),
