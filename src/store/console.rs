@@ -55,8 +55,7 @@ impl Store {
     }
 
     /// How many commands finished at or after `since`, per outcome (`rotated`, `skipped`,
-    /// `failed`). The `commands` table has no index on the finish time (every index costs
-    /// each command a write), so this reads the whole table.
+    /// `failed`): a range of the `commands.finished_at` index the pruner also walks.
     pub async fn outcomes_since(
         &self,
         since: DateTime<Utc>,
