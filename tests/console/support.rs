@@ -57,7 +57,7 @@ where
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -290,7 +290,7 @@ impl Console {
         }
     }
 
-    async fn cleanup(prefix: String, pg_db: Option<String>) {
+    pub(crate) async fn cleanup(prefix: String, pg_db: Option<String>) {
         if let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await {
             if let Ok(ch) = conn.create_channel().await {
                 let topology = invite_worker::broker::Topology::new(&prefix);
