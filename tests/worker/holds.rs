@@ -14,6 +14,11 @@ use uuid::Uuid;
 use crate::support::{Db, TestEnv, group, revoke, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
+/// The bound for every command to rotate once a provider is back. Under the whole suite
+/// on two cores this once took longer than a minute (cause not yet found; a half-open
+/// circuit's probe left unanswered is held for up to a minute, `PROBE_LIMIT`): a later
+/// failure here is worth investigating, not retrying.
+const RECOVERY: Duration = Duration::from_secs(150);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_session_waits_without_spending_attempts_and_runs_once_resumed() {
@@ -137,7 +142,7 @@ async fn a_provider_down_for_everyone_is_probed_not_hammered_and_all_rotate_afte
     );
 
     let done: HashSet<Uuid> = tap
-        .take(30, WAIT)
+        .take(30, RECOVERY)
         .await
         .into_iter()
         .map(|(_, e)| {
