@@ -9,3 +9,5 @@ mod audit;
 mod browser;
 mod pages;
 mod support;
+#[path = "../worker/support/teardown.rs"]
+mod teardown;

@@ -12,9 +12,7 @@ use invite_worker::{
 };
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
-    options::{
-        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-    },
+    options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 use reqwest::{Client, Method, StatusCode, redirect::Policy};
 
@@ -24,8 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub(crate) const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub(crate) use crate::teardown::{AMQP_URL, PG_ADMIN_URL};
 pub(crate) const OPERATOR: &str = "operator-token-for-the-console-tests";
 pub(crate) const VIEWER: &str = "viewer-token-for-the-console-tests";
 /// The longest a start, a stop or a cleanup may take.
@@ -291,35 +288,8 @@ impl Console {
     }
 
     pub(crate) async fn cleanup(prefix: String, pg_db: Option<String>) {
-        if let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await {
-            if let Ok(ch) = conn.create_channel().await {
-                let topology = invite_worker::broker::Topology::new(&prefix);
-                for q in topology.queues() {
-                    let _ = ch
-                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                for e in topology.exchanges() {
-                    let _ = ch
-                        .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                        .await;
-                }
-            }
-            let _ = conn.close(200, "OK".into()).await;
-        }
-        if let Some(name) = pg_db
-            && let Ok(admin) = Database::connect(PG_ADMIN_URL).await
-        {
-            let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-            for attempt in 1..=10 {
-                match admin.execute_unprepared(&sql).await {
-                    Ok(_) => break,
-                    Err(e) if attempt == 10 => eprintln!("test cleanup: {name}: {e}"),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-            let _ = admin.close().await;
-        }
+        let topology = invite_worker::broker::Topology::new(&prefix);
+        crate::teardown::remove(&topology, pg_db.as_deref()).await;
     }
 }
 

@@ -16,18 +16,16 @@ use invite_worker::{
     simulator::SimWorld,
     worker::Worker,
 };
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{ExchangeDeleteOptions, QueueDeleteOptions},
-};
 use sea_orm::{ConnectionTrait, Database};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{DASHBOARD, RULES, dashboard_expressions, recorded, rule_expressions, worker_metrics};
+use crate::{
+    DASHBOARD, RULES, dashboard_expressions, recorded, rule_expressions,
+    teardown::{AMQP_URL, PG_ADMIN_URL},
+    worker_metrics,
+};
 
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const WAIT: Duration = Duration::from_secs(60);
 
 /// This test's database and broker names, removed on drop.
@@ -63,31 +61,7 @@ impl Scratch {
     }
 
     async fn remove(database: String, topology: Topology) {
-        if let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await {
-            if let Ok(ch) = conn.create_channel().await {
-                for q in topology.queues() {
-                    let _ = ch
-                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                for e in topology.exchanges() {
-                    let _ = ch
-                        .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                        .await;
-                }
-            }
-            let _ = conn.close(200, "OK".into()).await;
-        }
-        if let Ok(admin) = Database::connect(PG_ADMIN_URL).await {
-            let sql = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
-            for _ in 0..10 {
-                if admin.execute_unprepared(&sql).await.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            let _ = admin.close().await;
-        }
+        crate::teardown::remove(&topology, Some(&database)).await;
     }
 }
 

@@ -7,6 +7,8 @@
 mod live;
 mod promql;
 mod rules;
+#[path = "../worker/support/teardown.rs"]
+mod teardown;
 
 use std::{collections::BTreeSet, fs, path::PathBuf};
 

@@ -14,10 +14,9 @@ use uuid::Uuid;
 use crate::support::{Db, TestEnv, group, revoke, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
-/// The bound for every command to rotate once a provider is back. Under the whole suite
-/// on two cores this once took longer than a minute (cause not yet found; a half-open
-/// circuit's probe left unanswered is held for up to a minute, `PROBE_LIMIT`): a later
-/// failure here is worth investigating, not retrying.
+/// The bound for every command to rotate once a provider is back: generous, as a
+/// half-open circuit's probe left unanswered holds it for up to a minute (`PROBE_LIMIT`);
+/// a failure here is worth investigating, not retrying.
 const RECOVERY: Duration = Duration::from_secs(150);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

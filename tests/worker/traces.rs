@@ -19,8 +19,7 @@ use serde_json::json;
 
 use crate::support::{Db, TestEnv, WorkerProcess, group, revoke, wait_until};
 
-/// Under the whole suite on two cores one event here once took longer than 30 s (cause
-/// not yet found): the bound is 90 s, and a failure at it is worth investigating.
+/// Generous, for the whole suite on two cores; a failure at it is worth investigating.
 const WAIT: Duration = Duration::from_secs(90);
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PUBLISHER_SPAN: &str = "00f067aa0ba902b7";

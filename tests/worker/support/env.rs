@@ -12,9 +12,7 @@ use invite_worker::{
     worker::{Worker, WorkerError},
 };
 use lapin::{
-    Channel, Connection, ConnectionProperties,
-    options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions},
-    types::FieldTable,
+    Channel, Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable,
 };
 use sea_orm::{ConnectionTrait, Database};
 use tokio::task::JoinHandle;
@@ -23,8 +21,7 @@ use uuid::Uuid;
 
 use super::wait_until;
 
-pub(crate) const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub(crate) const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub(crate) use super::teardown::{AMQP_URL, PG_ADMIN_URL};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Db {
@@ -176,36 +173,7 @@ impl TestEnv {
     }
 
     async fn cleanup(topology: Topology, pg_db: Option<String>) {
-        if let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await {
-            if let Ok(ch) = conn.create_channel().await {
-                for q in topology.queues() {
-                    let _ = ch
-                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                for e in topology.exchanges() {
-                    let _ = ch
-                        .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                        .await;
-                }
-            }
-            let _ = conn.close(200, "OK".into()).await;
-        }
-        if let Some(name) = pg_db
-            && let Ok(admin) = Database::connect(PG_ADMIN_URL).await
-        {
-            // A pool the test left open reconnects when FORCE ends its session, and a
-            // connection arriving meanwhile makes the drop fail: try again.
-            let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-            for attempt in 1..=10 {
-                match admin.execute_unprepared(&sql).await {
-                    Ok(_) => break,
-                    Err(e) if attempt == 10 => eprintln!("test cleanup: {name}: {e}"),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-            let _ = admin.close().await;
-        }
+        super::teardown::remove(&topology, pg_db.as_deref()).await;
     }
 }
 

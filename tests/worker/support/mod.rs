@@ -6,6 +6,7 @@ mod env;
 mod events;
 mod process;
 pub(crate) mod proxy;
+mod teardown;
 
 use std::time::Duration;
 
