@@ -30,6 +30,7 @@ pub(crate) fn install() -> PrometheusHandle {
                 .ok()
                 .and_then(|b| b.install_recorder().ok())
                 .unwrap_or_else(|| PrometheusBuilder::new().build_recorder().handle());
+            drain_histograms(handle.clone());
             describe();
             gauge!("invite_worker_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             register_unlabelled();
@@ -37,6 +38,27 @@ pub(crate) fn install() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// How often the recorder folds recorded histogram samples into its buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds the histogram samples recorded since the last scrape into their buckets every
+/// [`UPKEEP_EVERY`], on a thread of its own for the life of the process. Without it the
+/// recorder keeps every sample until `/metrics` is scraped: a worker nobody scrapes (or a
+/// long backlog between scrapes) grows by a few samples per command, without bound.
+fn drain_histograms(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histogram samples are kept until /metrics is scraped");
+    }
 }
 
 /// Registers at zero the labelled series whose label values are known at start-up: per
