@@ -6,7 +6,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Mutex, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -36,12 +36,56 @@ type Key = (String, String);
 pub(crate) enum Gate {
     Go,
     /// Go, as the probe of a half-open circuit: a request that is not sent after all
-    /// hands the probe back ([`Holds::unprobe`]).
+    /// hands the probe back ([`Probe`], [`Holds::unprobe`]).
     Probe,
     /// Paused by an operator: waits until resumed.
     Paused,
     /// Behind an open circuit: waits this long (until the next probe).
     Open(Duration),
+}
+
+/// The probe of a half-open circuit, taken by [`Holds::gate`] for a request not sent
+/// yet. Dropped before [`Probe::sent`] (the command waits after all, or its run ends
+/// without the request), it is handed back at once, so the next command probes instead
+/// of every command waiting [`PROBE_LIMIT`].
+pub(crate) struct Probe {
+    holds: Arc<Holds>,
+    backend: String,
+    session: String,
+    out: bool,
+}
+
+impl Probe {
+    pub(crate) fn new(holds: Arc<Holds>, backend: &str, session: &str) -> Self {
+        Self {
+            holds,
+            backend: backend.to_owned(),
+            session: session.to_owned(),
+            out: false,
+        }
+    }
+
+    /// The request goes: the probe stays out until its answer is recorded.
+    pub(crate) fn sent(mut self) {
+        self.out = true;
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if !self.out {
+            self.holds.unprobe(&self.backend, &self.session);
+        }
+    }
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe")
+            .field("backend", &self.backend)
+            .field("session", &self.session)
+            .finish()
+    }
 }
 
 /// The pauses in force and the circuits of this process.
@@ -399,6 +443,26 @@ mod tests {
         }
         assert!(matches!(h.gate("b", "s"), Gate::Open(_)));
         assert_eq!(h.gate("b", "t"), Gate::Go);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_dropped_unsent_is_handed_back_and_a_sent_one_stays_out() {
+        let h = Arc::new(holds());
+        for _ in 0..3 {
+            h.record("b", "s", &unavailable());
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(h.gate("b", "s"), Gate::Probe);
+        drop(Probe::new(h.clone(), "b", "s"));
+        assert_eq!(h.gate("b", "s"), Gate::Probe, "handed back when dropped");
+        Probe::new(h.clone(), "b", "s").sent();
+        assert_eq!(
+            h.gate("b", "s"),
+            Gate::Open(PROBE_WAIT),
+            "out until answered"
+        );
+        h.record("b", "s", &Ok(()));
+        assert_eq!(h.gate("b", "s"), Gate::Go);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::{
     config::RateLimit,
     domain::CommandType,
     store::{SlotRequest, Store, StoreError},
+    worker::holds::Probe,
 };
 
 /// Extra spacing on top of `period / count`: half of it lets a slot taken a little late
@@ -139,18 +140,41 @@ impl LocalSlots {
     }
 }
 
-/// A slot taken: the instant its request may leave.
+/// A slot taken: the instant its request may leave, and the half-open circuit's probe
+/// that request is, if it is one.
 #[derive(Debug)]
 #[must_use]
 pub(crate) struct Ticket {
     at: Instant,
+    probe: Option<Probe>,
 }
 
 impl Ticket {
     pub(crate) fn after(wait: Duration) -> Self {
         Self {
             at: Instant::now() + wait,
+            probe: None,
         }
+    }
+
+    /// The same slot, its request the probe `probe` (if any; a probe it held before is
+    /// kept).
+    pub(crate) fn probing(mut self, probe: Option<Probe>) -> Self {
+        if probe.is_some() {
+            self.probe = probe;
+        }
+        self
+    }
+
+    /// Whether the request is a probe this run took already: it goes without passing
+    /// the circuit again, which would find its own probe out and hold it back.
+    pub(crate) fn is_probe(&self) -> bool {
+        self.probe.is_some()
+    }
+
+    /// Takes the probe off a ticket that will not be used, for the one replacing it.
+    pub(crate) fn take_probe(&mut self) -> Option<Probe> {
+        self.probe.take()
     }
 
     /// Whether the slot is over: a request sent more than `slack` after its slot could
@@ -159,13 +183,19 @@ impl Ticket {
         Instant::now() > self.at + slack
     }
 
-    /// Sleeps until the slot; true when it had to wait.
-    pub(crate) async fn wait(self) -> bool {
-        if self.at <= Instant::now() {
-            return false;
+    /// Sleeps until the slot; true when it had to wait. The request then goes: a probe
+    /// stays out until its answer is recorded.
+    pub(crate) async fn wait(mut self) -> bool {
+        let waited = if self.at <= Instant::now() {
+            false
+        } else {
+            tokio::time::sleep_until(self.at).await;
+            true
+        };
+        if let Some(probe) = self.probe.take() {
+            probe.sent();
         }
-        tokio::time::sleep_until(self.at).await;
-        true
+        waited
     }
 }
 

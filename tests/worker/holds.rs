@@ -156,3 +156,58 @@ async fn a_provider_down_for_everyone_is_probed_not_hammered_and_all_rotate_afte
     assert_eq!(done, sent);
     worker.stop().await;
 }
+
+/// A command that arrives after a circuit's cool-down takes the probe with its first
+/// slot, before its receipt; it goes out as that probe and its answer closes the circuit.
+/// (It used to meet its own probe at the next check and wait in the database behind it,
+/// holding the circuit half-open for `PROBE_LIMIT`, a minute.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_arriving_after_the_cool_down_goes_as_the_probe_and_closes_the_circuit() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let env = TestEnv::new(db).await;
+        let mut settings = env.settings.clone();
+        settings.breaker.failures = 1;
+        settings.breaker.cooldown = Duration::from_secs(1);
+        // A failed reset is final: nothing waits to probe the circuit but the next command.
+        settings.retry.max_attempts = 1;
+        let mut tap = env.tap_events().await;
+        let worker = env.start_worker_with(settings).await;
+        // A tracked group, so that its next revoke is a reset without a read.
+        let tracked = env.send(&[revoke("first", &group(1))]).await[0];
+        let got = tap.until_command(tracked, WAIT).await;
+        assert_eq!(
+            got[0].1["event_type"], "invite_link.rotated",
+            "{db:?}: {got:#?}"
+        );
+
+        env.world.add_fault(FaultSpec {
+            route: "*".into(),
+            count: 1,
+            status: 503,
+            retry_after: None,
+            hang: false,
+        });
+        let failed = env.send(&[revoke("first", &group(1))]).await[0];
+        let got = tap.until_command(failed, WAIT).await;
+        assert_eq!(got.len(), 1, "{db:?}: {got:#?}");
+        assert_eq!(
+            got[0].1["event_type"], "invite_link.rotation_failed",
+            "{db:?}"
+        );
+        // The circuit opened on that 503; its cool-down ends a second later.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let before = env.world.requests().len();
+
+        let probe = env.send(&[revoke("second", &group(2))]).await[0];
+        let got = tap.until_command(probe, Duration::from_secs(20)).await;
+        assert_eq!(got.len(), 1, "{db:?}: {got:#?}");
+        assert_eq!(got[0].1["event_type"], "invite_link.rotated", "{db:?}");
+        assert_eq!(got[0].1["attempts"], 1, "{db:?}");
+        let requests = env.world.requests();
+        assert!(
+            requests.len() > before && requests[before..].iter().all(|r| r.session == "second"),
+            "{db:?}: {requests:#?}"
+        );
+        worker.stop().await;
+    }
+}

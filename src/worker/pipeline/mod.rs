@@ -237,7 +237,9 @@ impl Pipeline {
     ) -> Result<Result<Link, BackendError>, Unsettled> {
         let ticket = if ticket.is_stale(entry.pacer.grid().slack) {
             debug!("the request's slot passed; taking another");
-            self.later_slot(entry, cmd).await?
+            let mut stale = ticket;
+            let probe = stale.take_probe();
+            self.later_slot(entry, cmd).await?.probing(probe)
         } else {
             ticket
         };
@@ -280,7 +282,13 @@ impl Pipeline {
             release_lease,
         };
         self.persist("deferring the command", || {
-            self.db.deferrals.call(deferral.clone())
+            let committed = self.db.deferrals.call(deferral.clone());
+            // Handed to the queue, which commits in order: the session's later arrivals
+            // may follow it now.
+            if let Some(arrival) = received.arrival {
+                arrival.handed_on();
+            }
+            committed
         })
         .await?;
         m::deferred(cmd.kind);

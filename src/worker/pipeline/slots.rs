@@ -12,7 +12,7 @@ use super::{Arrival, BackendEntry, Pipeline, Unsettled};
 use crate::{
     domain::Command,
     worker::{
-        holds::Gate,
+        holds::{Gate, Probe},
         pacing::{Class, Slot, Ticket},
     },
 };
@@ -60,24 +60,35 @@ impl Pipeline {
         entry: &BackendEntry,
         cmd: &Command,
     ) -> Result<Next, Unsettled> {
-        let probe = match self.holds.gate(&cmd.backend, cmd.session.as_str()) {
-            Gate::Go => false,
-            Gate::Probe => true,
-            Gate::Paused => return Ok(Next::Wait(Duration::ZERO)),
-            Gate::Open(wait) => return Ok(Next::Wait(wait)),
-        };
-        if let Some(ticket) = slots.first.take() {
+        // A slot taken with the circuit's probe (a delivery's first, before its receipt)
+        // goes as that probe: passing the circuit again would find the probe out.
+        if let Some(ticket) = slots.first.take_if(|t| t.is_probe()) {
             slots.inline = false;
             return Ok(Next::Go(ticket));
         }
+        let probe = match self.holds.gate(&cmd.backend, cmd.session.as_str()) {
+            Gate::Go => None,
+            Gate::Probe => Some(Probe::new(
+                self.holds.clone(),
+                &cmd.backend,
+                cmd.session.as_str(),
+            )),
+            Gate::Paused => return Ok(Next::Wait(Duration::ZERO)),
+            Gate::Open(wait) => return Ok(Next::Wait(wait)),
+        };
+        // From here a probe not handed on with a slot is handed back when dropped.
+        if let Some(ticket) = slots.first.take() {
+            slots.inline = false;
+            return Ok(Next::Go(ticket.probing(probe)));
+        }
         if !std::mem::take(&mut slots.inline) {
-            return self.later_slot(entry, cmd).await.map(Next::Go);
+            let ticket = self.later_slot(entry, cmd).await?;
+            return Ok(Next::Go(ticket.probing(probe)));
         }
-        let next = self.inline_slot(entry, cmd, slots.arrival).await?;
-        if probe && matches!(next, Next::Wait(_)) {
-            self.holds.unprobe(&cmd.backend, cmd.session.as_str());
-        }
-        Ok(next)
+        Ok(match self.inline_slot(entry, cmd, slots.arrival).await? {
+            Next::Go(ticket) => Next::Go(ticket.probing(probe)),
+            wait => wait,
+        })
     }
 
     /// A delivery's first slot: taken if it starts within [`INLINE_LOOKAHEAD`] (or one
@@ -89,9 +100,10 @@ impl Pipeline {
         cmd: &Command,
         arrival: Option<&Arrival>,
     ) -> Result<Next, Unsettled> {
-        // A delivery whose session's earlier arrivals are still undecided after a moment
-        // waits in the database, behind them; it leaves its place once its deferral is
-        // committed (when it is dropped), so that a later one cannot pass it in between.
+        // A delivery whose session's earlier arrivals are being deferred, or still
+        // undecided after a moment, waits in the database, behind them; it leaves its
+        // place once its deferral is committed (when it is dropped), so that a later one
+        // cannot take a slot in between.
         if let Some(arrival) = arrival
             && !arrival.wait_first(INLINE_LOOKAHEAD).await
         {
