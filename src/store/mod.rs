@@ -145,6 +145,13 @@ impl Store {
         // server or a proxy are pinged; a broken hot connection fails its statement,
         // which the caller retries.
         .test_before_acquire_if_idle_for(Duration::from_secs(30))
+        // No idle timeout and no maximum lifetime, so that sqlx starts no reaper task:
+        // sqlx-core 0.9.0's reaper can read an idle count that wrapped below zero and
+        // then spin a runtime thread at full CPU for good, which also hangs shutdown
+        // (sqlx issue #3645). The pool keeps its connections; a dead one is caught by
+        // the ping above or fails its statement, which the caller retries.
+        .idle_timeout(None::<Duration>)
+        .max_lifetime(None::<Duration>)
         .sqlx_logging(false);
         if is_sqlite {
             opts.map_sqlx_sqlite_opts(|o| o.statement_cache_capacity(SQLITE_STATEMENT_CACHE));

@@ -15,7 +15,28 @@ on_both_databases!(
     migrations_go_down_and_up_again,
     dropping_the_pending_index_deletes_rows_an_older_version_marked_sent,
     a_statement_that_can_only_scan_is_not_jit_compiled,
+    the_pool_has_no_idle_timeout_or_lifetime_so_no_reaper_task,
 );
+
+/// sqlx-core 0.9.0's reaper task (started only for an idle timeout or a maximum
+/// lifetime) can spin a runtime thread at full CPU for good (sqlx issue #3645): the store
+/// sets neither.
+async fn the_pool_has_no_idle_timeout_or_lifetime_so_no_reaper_task(db: Db) {
+    let env = TestEnv::new(db).await;
+    let store = store(&env).await;
+    let conn = store.connection();
+    let (idle, lifetime) = match db {
+        Db::Sqlite => {
+            let o = conn.get_sqlite_connection_pool().options();
+            (o.get_idle_timeout(), o.get_max_lifetime())
+        }
+        Db::Postgres => {
+            let o = conn.get_postgres_connection_pool().options();
+            (o.get_idle_timeout(), o.get_max_lifetime())
+        }
+    };
+    assert_eq!((idle, lifetime), (None, None), "{db:?}");
+}
 
 async fn migrations_go_down_and_up_again(db: Db) {
     use migration::{Migrator, MigratorTrait};
